@@ -1,0 +1,1 @@
+"""One module per broker: its sans-I/O protocol adapter and its thin Feed subclass."""

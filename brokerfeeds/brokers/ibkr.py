@@ -1,0 +1,617 @@
+"""Interactive Brokers Client Portal (gateway) WebSocket: adapter and feed.
+
+Protocol notes (see the project's protocols/ibkr.md for sources):
+
+* Connect: ``POST /tickle`` gives the session id; the socket is opened with the cookie
+  ``api={"session": "<id>"}``. Subscriptions are only sent after
+  ``{"topic": "sts", "args": {"authenticated": true}}``.
+* Client frames are text ``TOPIC+ARG+{json}``; server frames are JSON, often in *binary*
+  frames, occasionally with invalid UTF-8, plus the bare text ``ech+hb`` echo.
+* ``sor`` (orders) and ``smd`` (quotes) send only changed fields: we keep a merged
+  snapshot per order / per conid and every event is the complete state.
+* ``smd`` streams expire after 10 minutes: each is re-sent every ``quote_refresh`` s.
+* Keep-alive: ``ech+hb`` every ``heartbeat_interval`` s, REST ``/tickle`` every
+  ``tickle_interval`` s; the server's ``system`` heartbeat (~10 s) proves liveness.
+* After every (re)connect the order book is reconciled from REST
+  ``/iserver/account/orders`` (a ``force=true`` call first, which clears the gateway's
+  cache and answers empty, then a plain one; never with filters, which would stop
+  ``sor`` updates); only orders that changed while we were away produce events.
+
+Status mapping (IBKR → :class:`~brokerfeeds.events.OrderStatus`):
+
+================  ===================================================
+IBKR              OrderStatus
+================  ===================================================
+PendingSubmit     PENDING
+ApiPending        PENDING
+PreSubmitted      OPEN (PARTIALLY_FILLED once something filled)
+Submitted         OPEN (PARTIALLY_FILLED once something filled)
+PendingCancel     OPEN (still working until the cancel is confirmed)
+Filled            FILLED
+Cancelled         CANCELLED
+ApiCancelled      CANCELLED
+Inactive          REJECTED
+anything else     UNKNOWN
+================  ===================================================
+"""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple, Union
+
+from ..errors import AuthenticationError, ProtocolError
+from ..events import (
+    Balance,
+    Notice,
+    Order,
+    OrderStatus,
+    PnL,
+    Position,
+    Quote,
+    Side,
+    Trade,
+)
+from ..feed import Feed
+from ..protocol import (
+    NotReady,
+    Output,
+    Protocol,
+    RawMessage,
+    Ready,
+    Report,
+    Send,
+    Subscription,
+    excerpt,
+    first,
+)
+from ..state import ChangeTracker, OrderTracker, Snapshots
+from ..transport import ConnectTarget
+from ..values import from_epoch_ms, loads, to_decimal, to_text
+
+__all__ = ["IbkrFeed", "IbkrProtocol", "STATUS_MAP", "DEFAULT_QUOTE_FIELDS"]
+
+BROKER = "ibkr"
+
+STATUS_MAP: Dict[str, OrderStatus] = {
+    "pendingsubmit": OrderStatus.PENDING,
+    "apipending": OrderStatus.PENDING,
+    "presubmitted": OrderStatus.OPEN,
+    "submitted": OrderStatus.OPEN,
+    "pendingcancel": OrderStatus.OPEN,
+    "filled": OrderStatus.FILLED,
+    "cancelled": OrderStatus.CANCELLED,
+    "apicancelled": OrderStatus.CANCELLED,
+    "inactive": OrderStatus.REJECTED,
+}
+
+#: last, bid, ask, bid size, ask size, volume (raw), volume (formatted), market data availability.
+DEFAULT_QUOTE_FIELDS: Tuple[str, ...] = ("31", "84", "86", "88", "85", "7762", "87", "6509")
+
+_SIDES = {"BUY": Side.BUY, "B": Side.BUY, "BOT": Side.BUY, "SELL": Side.SELL, "S": Side.SELL, "SLD": Side.SELL}
+
+# Subscription kinds → (subscribe, unsubscribe) topic letters.
+_ORDERS, _TRADES, _PNL, _QUOTES, _SUMMARY = "orders", "trades", "pnl", "quotes", "account_summary"
+
+
+def map_status(word: Optional[str], filled: Optional[Decimal], quantity: Optional[Decimal]) -> OrderStatus:
+    """IBKR's status word (and fill progress) as an :class:`OrderStatus`."""
+    status = STATUS_MAP.get((word or "").replace("_", "").lower(), OrderStatus.UNKNOWN)
+    if status is OrderStatus.OPEN and filled and quantity and 0 < filled < quantity:
+        return OrderStatus.PARTIALLY_FILLED
+    return status
+
+
+def _side(value: Any) -> Optional[Side]:
+    return _SIDES.get(str(value).upper()) if value is not None else None
+
+
+def order_from(raw: Dict[str, Any]) -> Order:
+    """An :class:`Order` from IBKR's merged order fields (``sor`` or REST)."""
+    filled = to_decimal(raw.get("filledQuantity"))
+    remaining = to_decimal(raw.get("remainingQuantity"))
+    quantity = to_decimal(raw.get("totalSize"))
+    if quantity is None and filled is not None and remaining is not None:
+        quantity = filled + remaining
+    status_word = to_text(raw.get("status"))
+    return Order(
+        broker=BROKER,
+        account=to_text(first(raw.get("acct"), raw.get("account"))),
+        order_id=str(raw["orderId"]),
+        symbol=to_text(first(raw.get("ticker"), raw.get("symbol"))),
+        side=_side(raw.get("side")),
+        quantity=quantity,
+        filled_quantity=filled,
+        remaining_quantity=remaining,
+        price=to_decimal(raw.get("price")),
+        avg_price=to_decimal(raw.get("avgPrice")),
+        order_type=to_text(first(raw.get("orderType"), raw.get("origOrderType"))),
+        status=map_status(status_word, filled, quantity),
+        broker_status=status_word,
+        time=from_epoch_ms(raw.get("lastExecutionTime_r")),
+        exchange=to_text(raw.get("listingExchange")),
+        raw=dict(raw),
+    )
+
+
+class IbkrProtocol(Protocol):
+    """Sans-I/O adapter for the Client Portal WebSocket."""
+
+    broker = BROKER
+    ready_on_open = False
+
+    def __init__(self, account: Optional[str] = None, quote_refresh: float = 540.0) -> None:
+        self.account = account
+        self.quote_refresh = quote_refresh
+        self.authenticated = False
+        self.orders = OrderTracker()
+        self._order_fields = Snapshots()
+        self._quote_fields = Snapshots()
+        self._pnl_fields = Snapshots()
+        self._pnl = ChangeTracker[PnL]()
+        self._balances = Snapshots()
+        self._trade_ids: Set[str] = set()
+        self._quote_sent: Dict[str, float] = {}  # conid -> last smd send (for the expiry re-send)
+        self._quote_frames: Dict[str, str] = {}
+        self.positions = ChangeTracker[Position]()
+        self._topics: Dict[str, Callable[[Dict[str, Any]], List[Output]]] = {
+            "sor": self._on_orders,
+            "str": self._on_trades,
+            "spl": self._on_pnl,
+            "sts": self._on_status,
+            "act": self._on_account,
+            "ntf": self._on_notification,
+            "blt": self._on_bulletin,
+        }
+
+    # ------------------------------------------------------------- connection
+    def on_open(self, now: float) -> List[Output]:
+        self.authenticated = False
+        return []
+
+    def on_close(self) -> None:
+        self.authenticated = False
+        self._quote_sent.clear()
+
+    # ------------------------------------------------------------- outgoing
+    def subscribe(self, subs: Sequence[Subscription], now: float) -> List[Output]:
+        out: List[Output] = []
+        for sub in subs:
+            if sub.kind == _ORDERS:
+                out.append(Send("sor+{}"))
+            elif sub.kind == _TRADES:
+                out.append(Send("str+" + json.dumps(dict(sub.params)) if sub.params else "str+{}"))
+            elif sub.kind == _PNL:
+                out.append(Send("spl+{}"))
+            elif sub.kind == _QUOTES:
+                frame = f"smd+{sub.key}+" + json.dumps({"fields": list(sub.params)})
+                self._quote_frames[sub.key] = frame
+                self._quote_sent[sub.key] = now
+                out.append(Send(frame))
+            elif sub.kind == _SUMMARY:
+                account = sub.key or self.account
+                if account is None:
+                    out.append(Report(ProtocolError("account summary needs an account: none known yet")))
+                else:
+                    out.append(Send(f"ssd+{account}+{{}}"))
+        return out
+
+    def unsubscribe(self, subs: Sequence[Subscription], now: float) -> List[Output]:
+        out: List[Output] = []
+        for sub in subs:
+            if sub.kind == _ORDERS:
+                out.append(Send("uor+{}"))
+            elif sub.kind == _TRADES:
+                out.append(Send("utr+{}"))
+            elif sub.kind == _PNL:
+                out.append(Send("upl+{}"))
+            elif sub.kind == _QUOTES:
+                self._quote_sent.pop(sub.key, None)
+                self._quote_frames.pop(sub.key, None)
+                self._quote_fields.forget(sub.key)
+                out.append(Send(f"umd+{sub.key}+{{}}"))
+            elif sub.kind == _SUMMARY:
+                account = sub.key or self.account
+                if account is not None:
+                    out.append(Send(f"usd+{account}+{{}}"))
+        return out
+
+    def heartbeat(self, now: float) -> List[Output]:
+        return [Send("ech+hb")]
+
+    def maintain(self, now: float) -> List[Output]:
+        # smd streams expire after 10 minutes: re-send each one before that.
+        due = [c for c, sent in self._quote_sent.items() if now - sent >= self.quote_refresh]
+        out: List[Output] = []
+        for conid in due:
+            self._quote_sent[conid] = now
+            out.append(Send(self._quote_frames[conid]))
+        return out
+
+    # ------------------------------------------------------------- incoming
+    def on_frame(self, data: bytes, binary: bool, now: float) -> List[Output]:
+        message = self._decode(data)
+        if message is None:
+            return []
+        out: List[Output] = [RawMessage(message)]
+        if not isinstance(message, dict):
+            return out
+        topic = message.get("topic")
+        if "error" in message:
+            text = f"IBKR error {message.get('code', '')}: {message.get('error')}".replace("  ", " ")
+            out.append(Notice(broker=BROKER, kind="error", text=text, raw=message))
+            out.append(Report(ProtocolError(text, excerpt(json.dumps(message)))))
+            return out
+        if not isinstance(topic, str):
+            text = to_text(first(message.get("message"), message.get("result")))
+            if text:
+                out.append(Notice(broker=BROKER, kind="status", text=text, raw=message))
+            return out
+        handler = self._topics.get(topic)
+        if handler is not None:
+            out.extend(handler(message))
+        elif topic.startswith("smd+"):
+            out.extend(self._on_quote(topic[4:], message))
+        elif topic.startswith("ssd+"):
+            out.extend(self._on_summary(topic[4:], message))
+        return out  # system / tic / unknown topics: on_message only
+
+    def _decode(self, data: bytes) -> Any:
+        try:
+            return loads(data)
+        except ValueError:
+            pass
+        stripped = data.strip()
+        if stripped.startswith(b"ech+") or stripped in (b"", b"hb"):
+            return None  # the echo of our heartbeat: not JSON, not a problem
+        try:
+            # Invalid UTF-8 inside an otherwise good message (seen from the gateway).
+            return loads(data.decode("utf-8", "replace"))
+        except ValueError:
+            raise ProtocolError("frame is not JSON", excerpt(data)) from None
+
+    def _on_status(self, message: Dict[str, Any]) -> List[Output]:
+        args = message.get("args")
+        if not isinstance(args, dict):
+            return []
+        out: List[Output] = []
+        if "authenticated" in args:
+            authenticated = bool(args["authenticated"])
+            if authenticated and not self.authenticated:
+                out.append(Ready())
+            elif not authenticated and self.authenticated:
+                out.append(NotReady("gateway reports the session is not authenticated"))
+            if not authenticated:
+                out.append(Notice(broker=BROKER, kind="status", text="session not authenticated", raw=message))
+            self.authenticated = authenticated
+        if args.get("competing"):
+            out.append(Notice(broker=BROKER, kind="status",
+                              text="competing session: another login is using this username", raw=message))
+        if args.get("fail"):
+            out.append(Notice(broker=BROKER, kind="status", text=str(args["fail"]), raw=message))
+        return out
+
+    def _on_account(self, message: Dict[str, Any]) -> List[Output]:
+        args = message.get("args")
+        if isinstance(args, dict) and self.account is None:
+            selected = to_text(args.get("selectedAccount"))
+            accounts = args.get("accounts") or []
+            self.account = selected or (str(accounts[0]) if accounts else None)
+        return []
+
+    def _on_orders(self, message: Dict[str, Any]) -> List[Output]:
+        args = message.get("args")
+        return self.merge_orders(args if isinstance(args, list) else [args] if isinstance(args, dict) else [])
+
+    def merge_orders(self, updates: Iterable[Any]) -> List[Output]:
+        """Merge (partial) order dicts in order; an :class:`Order` for each that changed."""
+        out: List[Output] = []
+        for update in updates:
+            if not isinstance(update, dict) or update.get("orderId") is None:
+                continue
+            key = str(update["orderId"])
+            merged = self._order_fields.merge(key, {k: v for k, v in update.items()
+                                                    if k not in ("bgColor", "fgColor")})
+            order = self.orders.update_order(order_from(merged))
+            if order is not None:
+                out.append(order)
+        return out
+
+    def _on_trades(self, message: Dict[str, Any]) -> List[Output]:
+        args = message.get("args")
+        out: List[Output] = []
+        for raw in args if isinstance(args, list) else []:
+            if not isinstance(raw, dict):
+                continue
+            trade_id = to_text(raw.get("execution_id"))
+            if trade_id is not None:
+                if trade_id in self._trade_ids:
+                    continue  # history re-sent after a reconnect
+                self._trade_ids.add(trade_id)
+            out.append(Trade(
+                broker=BROKER,
+                account=to_text(first(raw.get("account"), raw.get("accountCode"))),
+                trade_id=trade_id,
+                order_id=to_text(first(raw.get("order_id"), raw.get("orderId"), raw.get("order_ref"))),
+                symbol=to_text(raw.get("symbol")),
+                side=_side(raw.get("side")),
+                quantity=to_decimal(raw.get("size")),
+                price=to_decimal(raw.get("price")),
+                time=from_epoch_ms(raw.get("trade_time_r")),
+                exchange=to_text(raw.get("exchange")),
+                raw=raw,
+            ))
+        return out
+
+    def _on_pnl(self, message: Dict[str, Any]) -> List[Output]:
+        args = message.get("args")
+        out: List[Output] = []
+        for partition, values in (args.items() if isinstance(args, dict) else ()):
+            if not isinstance(values, dict):
+                continue
+            merged = self._pnl_fields.merge(partition, values)
+            pnl = PnL(
+                broker=BROKER,
+                account=str(partition).split(".")[0],
+                daily_pnl=to_decimal(merged.get("dpl")),
+                unrealized_pnl=to_decimal(merged.get("upl")),
+                realized_pnl=to_decimal(merged.get("rpl")),
+                net_liquidation=to_decimal(merged.get("nl")),
+                market_value=to_decimal(merged.get("mv")),
+                raw=message,
+            )
+            if self._pnl.update(partition, pnl) is not None:
+                out.append(pnl)
+        return out
+
+    def _on_quote(self, conid: str, message: Dict[str, Any]) -> List[Output]:
+        update = {k: v for k, v in message.items() if k[:1].isdigit() or k == "_updated"}
+        if not update:
+            return []
+        merged = self._quote_fields.merge(conid, update)
+        return [Quote(
+            broker=BROKER,
+            instrument=conid,
+            last=to_decimal(merged.get("31")),
+            bid=to_decimal(merged.get("84")),
+            ask=to_decimal(merged.get("86")),
+            bid_size=to_decimal(merged.get("88")),
+            ask_size=to_decimal(merged.get("85")),
+            volume=to_decimal(first(merged.get("7762"), merged.get("87"))),
+            time=from_epoch_ms(merged.get("_updated")),
+            fields=dict(merged),
+            raw=message,
+        )]
+
+    def _on_summary(self, account: str, message: Dict[str, Any]) -> List[Output]:
+        rows = message.get("result")
+        if not isinstance(rows, list):
+            return []
+        update = {}
+        for row in rows:
+            if isinstance(row, dict) and "key" in row:
+                update[str(row["key"])] = first(row.get("value"), row.get("monetaryValue"))
+        if not update:
+            return []
+        merged = self._balances.merge(account, update)
+        return [Balance(
+            broker=BROKER,
+            account=account,
+            buying_power=to_decimal(_lookup(merged, "BuyingPower")),
+            cash=to_decimal(_lookup(merged, "TotalCashValue")),
+            net_liquidation=to_decimal(_lookup(merged, "NetLiquidation")),
+            currency=to_text(_lookup(merged, "Currency")),
+            values=dict(merged),
+            raw=message,
+        )]
+
+    def _on_notification(self, message: Dict[str, Any]) -> List[Output]:
+        args = message.get("args")
+        items = args if isinstance(args, list) else [args]
+        out: List[Output] = []
+        for item in items:
+            if isinstance(item, dict):
+                text = to_text(first(item.get("text"), item.get("title"), item.get("id"))) or ""
+                out.append(Notice(broker=BROKER, kind="notification", text=text, raw=message))
+            elif item is not None:
+                out.append(Notice(broker=BROKER, kind="notification", text=str(item), raw=message))
+        return out
+
+    def _on_bulletin(self, message: Dict[str, Any]) -> List[Output]:
+        args = message.get("args")
+        text = to_text(args.get("message")) if isinstance(args, dict) else to_text(args)
+        return [Notice(broker=BROKER, kind="bulletin", text=text or "", raw=message)]
+
+    # ------------------------------------------------------------- REST results
+    def positions_from(self, rows: Any, account: str) -> List[Output]:
+        """Position events for rows of ``/portfolio/{acct}/positions/0`` that changed.
+
+        A position missing from the snapshot was closed: it is reported once with
+        quantity 0 and then forgotten.
+        """
+        out: List[Output] = []
+        seen = set()
+        for row in rows if isinstance(rows, list) else []:
+            if not isinstance(row, dict) or row.get("conid") is None:
+                continue
+            key = (account, str(row["conid"]))
+            seen.add(key)
+            position = Position(
+                broker=BROKER,
+                account=to_text(first(row.get("acctId"), account)),
+                symbol=to_text(first(row.get("ticker"), row.get("contractDesc"), row.get("conid"))) or "",
+                quantity=to_decimal(row.get("position")),
+                avg_price=to_decimal(first(row.get("avgPrice"), row.get("avgCost"))),
+                realized_pnl=to_decimal(row.get("realizedPnl")),
+                unrealized_pnl=to_decimal(row.get("unrealizedPnl")),
+                exchange=to_text(row.get("listingExchange")),
+                instrument=str(row["conid"]),
+                raw=row,
+            )
+            if self.positions.update(key, position) is not None:
+                out.append(position)
+        for key in self.positions.keys():
+            if key not in seen and key[0] == account:  # type: ignore[index]
+                closed = self.positions.get(key)
+                self.positions.forget(key)
+                if closed is not None and closed.quantity:
+                    out.append(Position(broker=BROKER, account=closed.account, symbol=closed.symbol,
+                                        quantity=Decimal(0), avg_price=None, realized_pnl=closed.realized_pnl,
+                                        unrealized_pnl=Decimal(0), exchange=closed.exchange,
+                                        instrument=closed.instrument, raw=None))
+        return out
+
+
+def _lookup(values: Dict[str, Any], name: str) -> Any:
+    """A summary value by name, with or without IBKR's ``-S`` (segment) suffix, any case."""
+    lowered = name.lower()
+    for key, value in values.items():
+        base = key.lower()
+        if base == lowered or base.rsplit("-", 1)[0] == lowered:
+            return value
+    return None
+
+
+class IbkrFeed(Feed):
+    """Interactive Brokers Client Portal Gateway feed.
+
+    ``verify`` is True (verify TLS), False (the gateway's self-signed certificate; a
+    warning is logged once) or a CA bundle path. ``poll_positions`` (seconds) turns on
+    REST polling of positions (IBKR has no positions topic).
+    """
+
+    broker = BROKER
+
+    def __init__(
+        self,
+        url: str = "wss://localhost:5000/v1/api/ws",
+        rest_url: str = "https://localhost:5000/v1/api",
+        account: Optional[str] = None,
+        *,
+        verify: Union[bool, str] = True,
+        heartbeat_interval: float = 20.0,
+        tickle_interval: float = 55.0,
+        stale_after: float = 25.0,
+        quote_refresh: float = 540.0,
+        poll_positions: Optional[float] = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(url=url, rest_url=rest_url, verify=verify, heartbeat_interval=heartbeat_interval,
+                         stale_after=stale_after, **kwargs)
+        self.account = account
+        self.tickle_interval = tickle_interval
+        self.quote_refresh = quote_refresh
+        self.poll_positions = poll_positions
+        self._session: Optional[str] = None
+
+    # ------------------------------------------------------------- subscriptions
+    def subscribe_orders(self) -> None:
+        """Live order updates (``sor``) → ``on_order``."""
+        self._subscribe(Subscription(_ORDERS))
+
+    def unsubscribe_orders(self) -> None:
+        """Stop order updates."""
+        self._unsubscribe(_ORDERS)
+
+    def subscribe_trades(self, days: Optional[int] = None, realtime_only: bool = False) -> None:
+        """Executions (``str``) → ``on_trade``; ``days`` (1-7) of history unless ``realtime_only``."""
+        params: Dict[str, Any] = {}
+        if days is not None:
+            params["days"] = int(days)
+        if realtime_only:
+            params["realtimeUpdatesOnly"] = True
+        self._subscribe(Subscription(_TRADES, params=tuple(sorted(params.items()))))
+
+    def unsubscribe_trades(self) -> None:
+        """Stop executions."""
+        self._unsubscribe(_TRADES)
+
+    def subscribe_pnl(self) -> None:
+        """Account P&L totals (``spl``) → ``on_pnl``."""
+        self._subscribe(Subscription(_PNL))
+
+    def unsubscribe_pnl(self) -> None:
+        """Stop P&L updates."""
+        self._unsubscribe(_PNL)
+
+    def subscribe_quotes(self, conid: Union[int, str], fields: Sequence[Union[int, str]] = DEFAULT_QUOTE_FIELDS) -> None:
+        """Level-1 market data for ``conid`` (``smd``, merged, re-sent before expiry) → ``on_quote``."""
+        self._subscribe(Subscription(_QUOTES, str(conid), tuple(str(f) for f in fields)))
+
+    def unsubscribe_quotes(self, conid: Union[int, str]) -> None:
+        """Stop market data for ``conid``."""
+        self._unsubscribe(_QUOTES, str(conid))
+
+    def subscribe_account_summary(self, account: Optional[str] = None) -> None:
+        """Account summary values (``ssd``) → ``on_balance``."""
+        self._subscribe(Subscription(_SUMMARY, account or self.account or ""))
+
+    def unsubscribe_account_summary(self, account: Optional[str] = None) -> None:
+        """Stop the account summary."""
+        self._unsubscribe(_SUMMARY, account or self.account or "")
+
+    # ------------------------------------------------------------- engine hooks
+    def _new_protocol(self) -> IbkrProtocol:
+        return IbkrProtocol(self.account, self.quote_refresh)
+
+    def _tickle(self) -> Dict[str, Any]:
+        reply = self.rest.post("tickle")
+        if not isinstance(reply, dict):
+            raise ProtocolError("tickle returned no JSON object")
+        session = reply.get("session")
+        if session:
+            self._session = str(session)
+            self._register_secret(self._session)
+        return reply
+
+    def _connect_target(self) -> ConnectTarget:
+        reply = self._tickle()
+        status = (reply.get("iserver") or {}).get("authStatus") or {}
+        if status.get("authenticated") is False:
+            raise AuthenticationError(
+                "the gateway's brokerage session is not authenticated: log in to the gateway, then start the feed again")
+        if not self._session:
+            raise AuthenticationError("tickle returned no session: the gateway is not logged in")
+        cookie = "api=" + json.dumps({"session": self._session})
+        return ConnectTarget(self.url, cookie=cookie)
+
+    def _after_ready(self, reconnect: bool) -> Sequence[Output]:
+        """Reconcile the order book from REST (only orders that changed produce events)."""
+        if self.poll_positions:
+            self._poll_positions()
+        if not any(s.kind == _ORDERS for s in self.subscriptions):
+            return ()
+        self.rest.get("iserver/accounts")  # required before the order endpoints
+        self.rest.get("iserver/account/orders", params={"force": "true"})  # clears the gateway cache
+        reply = self.rest.get("iserver/account/orders")
+        orders = reply.get("orders") if isinstance(reply, dict) else reply
+        if reconnect:
+            self._log.info("reconciling %d order(s) from REST", len(orders or ()))
+        self._apply(lambda protocol: protocol.merge_orders(orders or ()))  # type: ignore[attr-defined]
+        return ()
+
+    def _poll_positions(self) -> Sequence[Output]:
+        account = self.account or getattr(self._protocol, "account", None)
+        if account is None:
+            accounts = self.rest.get("portfolio/accounts") or []
+            account = accounts[0].get("accountId") if accounts and isinstance(accounts[0], dict) else None
+        if account is None:
+            raise ProtocolError("cannot poll positions: no account known")
+        self.rest.post(f"portfolio/{account}/positions/invalidate")
+        rows = self.rest.get(f"portfolio/{account}/positions/0")
+        self._apply(lambda protocol: protocol.positions_from(rows, account))  # type: ignore[attr-defined]
+        return ()
+
+    def _periodic_jobs(self) -> Sequence[Tuple[float, Callable[[], Sequence[Output]], str, bool]]:
+        jobs: List[Tuple[float, Callable[[], Sequence[Output]], str, bool]] = [
+            (self.tickle_interval, lambda: (self._tickle(), ())[1], "tickle", False),
+        ]
+        if self.poll_positions:
+            jobs.append((self.poll_positions, self._poll_positions, "position poll", True))
+        return jobs
+
+    def _rest_error_text(self, body: Any) -> Optional[str]:
+        if isinstance(body, dict):
+            return to_text(first(body.get("error"), body.get("message")))
+        return None

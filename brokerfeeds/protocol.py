@@ -1,0 +1,173 @@
+"""The contract between the engine and a broker's sans-I/O protocol adapter.
+
+An adapter turns user intents (subscriptions) into frames and frames into events. It
+never touches a socket, a thread or the clock: the engine passes ``now`` (monotonic
+seconds) in and acts on what the adapter returns. Each method returns a list of
+*outputs*, each one of:
+
+* an event (:mod:`brokerfeeds.events`) — delivered to the callbacks registered for it;
+* :class:`Send` — a frame to write to the socket;
+* :class:`Ready` / :class:`NotReady` — the session became usable (subscriptions may be
+  sent) or stopped being usable;
+* :class:`Reconnect` — close this connection and open a new one;
+* :class:`Fatal` — stop the feed with this error (e.g. authentication rejected);
+* :class:`Report` — pass an error to ``on_error`` without changing anything else;
+* :class:`RawMessage` — a decoded message nothing else understood, for ``on_message``.
+
+Adapters are driven under the feed's lock, so their state needs no locking of its own.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Hashable, Iterable, List, Optional, Sequence, Tuple, Union
+
+import attrs
+
+from .errors import BrokerFeedsError
+
+__all__ = [
+    "Subscription",
+    "Send",
+    "Ready",
+    "NotReady",
+    "Reconnect",
+    "Fatal",
+    "Report",
+    "RawMessage",
+    "Output",
+    "Protocol",
+]
+
+Frame = Union[str, bytes]
+
+
+@attrs.frozen(slots=True)
+class Subscription:
+    """One thing the user asked to receive.
+
+    ``kind`` names the stream (``"orders"``, ``"quotes"``, ``"activity"``, ...), ``key``
+    the instrument or account it is for (``""`` if none) and ``params`` any options, as
+    a hashable tuple. Subscriptions are identified by ``(kind, key)``: subscribing again
+    with other params replaces the earlier one.
+    """
+
+    kind: str
+    key: str = ""
+    params: Tuple[Hashable, ...] = ()
+
+    @property
+    def ident(self) -> Tuple[str, str]:
+        """The identity used for bookkeeping: ``(kind, key)``."""
+        return (self.kind, self.key)
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.key}" if self.key else self.kind
+
+
+@attrs.frozen(slots=True)
+class Send:
+    """Write ``frame`` (text if ``str``, binary if ``bytes``) to the socket."""
+
+    frame: Frame
+
+
+@attrs.frozen(slots=True)
+class Ready:
+    """The connection is authenticated: the engine now sends every subscription."""
+
+
+@attrs.frozen(slots=True)
+class NotReady:
+    """The connection lost its authentication; subscriptions wait until :class:`Ready`."""
+
+    reason: str
+
+
+@attrs.frozen(slots=True)
+class Reconnect:
+    """Drop this connection and open a new one (``immediate`` skips the backoff delay)."""
+
+    reason: str
+    immediate: bool = False
+
+
+@attrs.frozen(slots=True)
+class Fatal:
+    """Stop the feed, reporting ``error`` to ``on_error`` and to ``run_forever()``."""
+
+    error: BrokerFeedsError
+
+
+@attrs.frozen(slots=True)
+class Report:
+    """Report ``error`` to ``on_error`` (and the log); the feed carries on."""
+
+    error: BrokerFeedsError
+
+
+@attrs.frozen(slots=True)
+class RawMessage:
+    """A decoded message for ``on_message`` callbacks (every message, understood or not)."""
+
+    message: Any
+
+
+Output = Any  # an event or one of the control classes above
+
+
+class Protocol:
+    """Base class of the broker adapters: every hook defaults to "nothing to do"."""
+
+    #: The broker's name as it appears on events.
+    broker: str = "generic"
+    #: Whether the connection is usable as soon as it opens (no in-band auth handshake).
+    ready_on_open: bool = True
+
+    def on_open(self, now: float) -> List[Output]:
+        """A new connection opened (first or after a reconnect)."""
+        return [Ready()] if self.ready_on_open else []
+
+    def on_frame(self, data: bytes, binary: bool, now: float) -> List[Output]:
+        """Decode one received frame (``data`` is always bytes; ``binary`` tells the opcode)."""
+        raise NotImplementedError
+
+    def on_close(self) -> None:
+        """The connection closed; forget per-connection state."""
+
+    def subscribe(self, subs: Sequence[Subscription], now: float) -> List[Output]:
+        """Outputs (usually :class:`Send`) that start ``subs`` on a ready connection."""
+        return []
+
+    def unsubscribe(self, subs: Sequence[Subscription], now: float) -> List[Output]:
+        """Outputs that end ``subs`` on a ready connection."""
+        return []
+
+    def heartbeat(self, now: float) -> List[Output]:
+        """Called every ``heartbeat_interval`` seconds on a ready connection."""
+        return []
+
+    def maintain(self, now: float) -> List[Output]:
+        """Called about once a second on an open connection (expiry re-sends, timeouts)."""
+        return []
+
+
+def sends(frames: Iterable[Frame]) -> List[Output]:
+    """Wrap frames as :class:`Send` outputs."""
+    return [Send(f) for f in frames]
+
+
+def excerpt(data: Any, limit: int = 200) -> str:
+    """A short printable excerpt of a frame for error messages."""
+    if isinstance(data, (bytes, bytearray)):
+        text = bytes(data[:limit]).decode("utf-8", "replace")
+    else:
+        text = str(data)[:limit]
+    return text + ("..." if len(data) > limit else "")
+
+
+def first(*values: Any) -> Optional[Any]:
+    """The first value that is not None (and not an empty string)."""
+    for value in values:
+        if value is not None and value != "":
+            return value
+    return None

@@ -1,0 +1,156 @@
+"""Protocol state every broker needs: change detection, partial merges, fills from orders.
+
+These are plain data structures used inside adapters (under the feed's lock). They are
+what makes "emit only what changed" and "no duplicate callbacks after a reconnect" the
+same mechanism for every broker.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any, Callable, Dict, Generic, Hashable, Optional, Tuple, TypeVar
+
+from .events import Order
+
+__all__ = ["ChangeTracker", "OrderTracker", "FillTracker", "Snapshots"]
+
+E = TypeVar("E")
+
+
+class ChangeTracker(Generic[E]):
+    """Remembers the last value per key; :meth:`update` returns the value only if it changed.
+
+    Equality is the events' own (``raw`` is excluded from it), so a REST snapshot that
+    repeats what the stream already said produces nothing.
+    """
+
+    def __init__(self) -> None:
+        self._last: Dict[Hashable, E] = {}
+
+    def update(self, key: Hashable, value: E) -> Optional[E]:
+        """Store ``value``; return it if it differs from the previous one, else None."""
+        previous = self._last.get(key)
+        if previous is not None and (previous == value or not self.accept(previous, value)):
+            return None
+        self._last[key] = value
+        return value
+
+    def accept(self, previous: E, value: E) -> bool:
+        """Whether ``value`` may replace ``previous`` (override to refuse regressions)."""
+        return True
+
+    def get(self, key: Hashable) -> Optional[E]:
+        """The last value stored for ``key``."""
+        return self._last.get(key)
+
+    def forget(self, key: Hashable) -> None:
+        """Drop ``key`` (e.g. a position that was closed)."""
+        self._last.pop(key, None)
+
+    def keys(self) -> Tuple[Hashable, ...]:
+        """Every key known."""
+        return tuple(self._last)
+
+    def __len__(self) -> int:
+        return len(self._last)
+
+
+class OrderTracker(ChangeTracker[Order]):
+    """A :class:`ChangeTracker` for orders that refuses stale snapshots.
+
+    A REST snapshot taken before the stream's latest update must not move an order
+    backwards: a final order never returns to a working state, and the filled quantity
+    never shrinks.
+    """
+
+    def accept(self, previous: Order, value: Order) -> bool:
+        if previous.status.is_final and not value.status.is_final:
+            return False
+        if (
+            previous.filled_quantity is not None
+            and value.filled_quantity is not None
+            and value.filled_quantity < previous.filled_quantity
+        ):
+            return False
+        return True
+
+    def update_order(self, order: Order) -> Optional[Order]:
+        """Store ``order`` under its id; return it if it changed."""
+        return self.update(order.order_id, order)
+
+
+class FillTracker:
+    """Derives fills from increases of an order's cumulative filled quantity.
+
+    For brokers that report fills only as ``filled_quantity`` on order updates: the
+    quantity of a fill is the increase, its price is derived from the change of the
+    average price (exact for volume-weighted averages).
+    """
+
+    def __init__(self) -> None:
+        self._filled: Dict[str, Tuple[Decimal, Optional[Decimal]]] = {}
+
+    def observe(self, order: Order) -> Optional[Tuple[Decimal, Optional[Decimal]]]:
+        """Record ``order``'s fill state; return ``(quantity, price)`` of a new fill, if any."""
+        filled = order.filled_quantity
+        if filled is None:
+            return None
+        before, before_avg = self._filled.get(order.order_id, (Decimal(0), None))
+        if filled <= before:
+            return None
+        self._filled[order.order_id] = (filled, order.avg_price)
+        quantity = filled - before
+        price = order.avg_price
+        if order.avg_price is not None and before_avg is not None and before > 0:
+            price = _tidy((order.avg_price * filled - before_avg * before) / quantity)
+        return quantity, price
+
+    def seed(self, order: Order) -> None:
+        """Record ``order``'s fills as already known (no fill is derived from them)."""
+        if order.filled_quantity is not None:
+            self._filled[order.order_id] = (order.filled_quantity, order.avg_price)
+
+
+def _tidy(value: Decimal) -> Decimal:
+    """Round a derived price to 8 places and drop trailing zeros (``101.25``, not ``101.25000000``)."""
+    value = value.quantize(Decimal("1e-8"))
+    integral = value.to_integral_value()
+    return integral if value == integral else value.normalize()
+
+
+class Snapshots:
+    """Per-key dictionaries merged from partial updates.
+
+    ``keep`` decides, per field, whether a newly received value may overwrite the stored
+    one (e.g. Firstock: a zero or sentinel never overwrites a good value).
+    """
+
+    def __init__(self, keep: Optional[Callable[[str, Any, Any], bool]] = None) -> None:
+        self._data: Dict[Hashable, Dict[str, Any]] = {}
+        self._keep = keep
+
+    def merge(self, key: Hashable, update: Dict[str, Any]) -> Dict[str, Any]:
+        """Merge ``update`` into ``key``'s snapshot and return the (live) snapshot."""
+        current = self._data.get(key)
+        if current is None:
+            current = self._data[key] = {}
+        keep = self._keep
+        if keep is None:
+            current.update(update)
+        else:
+            for name, value in update.items():
+                if name not in current or keep(name, current[name], value):
+                    current[name] = value
+        return current
+
+    def get(self, key: Hashable) -> Optional[Dict[str, Any]]:
+        """The snapshot for ``key``, if any."""
+        return self._data.get(key)
+
+    def forget(self, key: Hashable) -> None:
+        """Drop ``key``'s snapshot."""
+        self._data.pop(key, None)
+
+    def clear(self) -> None:
+        """Drop every snapshot."""
+        self._data.clear()

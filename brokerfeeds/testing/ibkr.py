@@ -1,0 +1,329 @@
+"""A local IBKR Client Portal gateway: REST (tickle, orders, positions) and the WebSocket.
+
+Behaves as protocols/ibkr.md describes: checks the ``api={"session": ...}`` cookie,
+sends ``system`` / ``act`` / ``sts`` on open and a ``system`` heartbeat every
+``hb_interval`` seconds, echoes ``ech+hb``, sends server frames as *binary* frames by
+default (as the real gateway often does), streams ``sor`` as partial updates, ``smd`` as
+deltas, ``spl`` and ``ssd``. The order book changes even while no client is connected,
+so tests can check reconciliation after a reconnect.
+
+    with IbkrSimulator() as sim:
+        feed = IbkrFeed(url=sim.url, rest_url=sim.rest_url)
+        ...
+        order_id = sim.place_order("AAPL", "BUY", 100, 190.5)
+        sim.fill(order_id, 40, 190.45)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import time
+from decimal import Decimal
+from typing import Any, Dict, List, Optional, Set, Tuple, Union
+
+from ._server import Client, HttpRequest, SimulatorBase, header_of
+
+__all__ = ["IbkrSimulator"]
+
+_ORDER_IDS = itertools.count(1_000_001)
+
+
+class IbkrSimulator(SimulatorBase):
+    """A faithful local stand-in for the IBKR Client Portal Gateway (HTTP + WebSocket)."""
+
+    ws_path = "/v1/api/ws"
+
+    def __init__(
+        self,
+        account: str = "DU123456",
+        session: str = "5f3c9e0d8a7b4c21aa10f00dbabe1234",
+        hb_interval: float = 10.0,
+        binary: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.account = account
+        self.session = session
+        self.hb_interval = hb_interval
+        self.binary = binary
+        self.authenticated = True
+        self.orders: Dict[str, Dict[str, Any]] = {}
+        self.executions: List[Dict[str, Any]] = []
+        self.positions: Dict[str, Dict[str, Any]] = {}
+        self.pnl: Dict[str, Any] = {"rowType": 1, "dpl": 0.0, "nl": 100000.0, "upl": 0.0, "el": 100000.0, "mv": 0.0}
+        self.summary: Dict[str, Any] = {"NetLiquidation": "100000", "BuyingPower": "400000",
+                                        "TotalCashValue": "100000", "Currency": "USD"}
+        self.quotes: Dict[str, Dict[str, Any]] = {}
+        self.tickles = 0
+        self.order_requests: List[Dict[str, str]] = []
+        base = "/v1/api"
+        self.route("POST", f"{base}/tickle", self._tickle)
+        self.route("POST", f"{base}/iserver/auth/status", lambda r: (200, self._auth_status()))
+        self.route("GET", f"{base}/iserver/accounts",
+                   lambda r: (200, {"accounts": [self.account], "selectedAccount": self.account}))
+        self.route("GET", f"{base}/iserver/account/orders", self._orders_rest)
+        self.route("GET", f"{base}/portfolio/accounts", lambda r: (200, [{"accountId": self.account, "id": self.account}]))
+        self.route("POST", f"{base}/portfolio/{{acct}}/positions/invalidate", lambda r: (200, {"message": "success"}))
+        self.route("GET", f"{base}/portfolio/{{acct}}/positions/{{page}}", self._positions_rest)
+
+    # ----------------------------------------------------------------- addresses
+    @property
+    def url(self) -> str:
+        """The WebSocket URL to give ``IbkrFeed(url=...)``."""
+        return self.ws_base + self.ws_path
+
+    @property
+    def rest_url(self) -> str:
+        """The REST base URL to give ``IbkrFeed(rest_url=...)``."""
+        return self.rest_base + "/v1/api"
+
+    # ----------------------------------------------------------------- scripting
+    def place_order(self, symbol: str, side: str, quantity: float, price: Optional[float] = None,
+                    order_type: str = "LMT", conid: int = 265598) -> str:
+        """A new working order (PendingSubmit → PreSubmitted → Submitted); returns its id."""
+        order_id = str(next(_ORDER_IDS))
+        full = {
+            "acct": self.account, "conid": conid, "orderId": int(order_id), "ticker": symbol,
+            "secType": "STK", "listingExchange": "NASDAQ", "side": side.upper(),
+            "orderType": "Limit" if order_type == "LMT" else order_type, "origOrderType": order_type,
+            "price": None if price is None else str(price), "totalSize": float(quantity),
+            "remainingQuantity": float(quantity), "filledQuantity": 0.0, "avgPrice": None,
+            "sizeAndFills": f"0/{quantity:g}", "timeInForce": "DAY", "status": "PendingSubmit",
+            "orderDesc": f"{side.title()} {quantity:g} {symbol} {order_type}", "bgColor": "#000000",
+            "fgColor": "#AFAFAF", "lastExecutionTime_r": _ms(),
+        }
+        self.orders[order_id] = full
+        steps = [dict(full)]
+        for status in ("PreSubmitted", "Submitted"):
+            full["status"] = status
+            steps.append({"acct": self.account, "orderId": int(order_id), "status": status})
+        self._push_orders(steps)
+        return order_id
+
+    def fill(self, order_id: str, quantity: float, price: float) -> None:
+        """Fill ``quantity`` of an order at ``price`` (a partial ``sor`` update + an execution)."""
+        order = self.orders[str(order_id)]
+        filled_before = Decimal(str(order["filledQuantity"]))
+        avg_before = Decimal(str(order["avgPrice"] or 0))
+        filled = filled_before + Decimal(str(quantity))
+        total = Decimal(str(order["totalSize"]))
+        avg = (avg_before * filled_before + Decimal(str(price)) * Decimal(str(quantity))) / filled
+        remaining = total - filled
+        update: Dict[str, Any] = {
+            "acct": self.account, "orderId": int(order_id), "filledQuantity": float(filled),
+            "remainingQuantity": float(remaining), "avgPrice": f"{avg.normalize():f}",
+            "sizeAndFills": f"{filled:f}/{remaining:f}" if remaining else f"{total:f}",
+            "lastExecutionTime_r": _ms(),
+        }
+        if remaining <= 0:
+            update["status"] = "Filled"
+        order.update(update)
+        execution = {
+            "execution_id": f"0000e0d5.{len(self.executions) + 1:08x}.01.01", "symbol": order["ticker"],
+            "side": "B" if order["side"] == "BUY" else "S", "size": str(quantity), "price": str(price),
+            "order_ref": str(order_id), "account": self.account, "conid": str(order["conid"]),
+            "exchange": "ISLAND", "trade_time_r": _ms(), "commission": "0.35",
+        }
+        self.executions.append(execution)
+        self._push_orders([update])
+        self._push("str", {"topic": "str", "args": [execution]})
+
+    def cancel(self, order_id: str) -> None:
+        """Cancel a working order."""
+        order = self.orders[str(order_id)]
+        order["status"] = "Cancelled"
+        self._push_orders([{"acct": self.account, "orderId": int(order_id), "status": "Cancelled"}])
+
+    def set_pnl(self, **values: float) -> None:
+        """Change P&L figures (``dpl``, ``upl``, ``nl``, ``mv``, ``el``); only those are sent."""
+        self.pnl.update(values)
+        self._push("spl", {"topic": "spl", "args": {f"{self.account}.Core": dict(values)}})
+
+    def tick(self, conid: Union[int, str], **fields: Any) -> None:
+        """A market-data delta for ``conid``: ``tick(265598, last="190.1", bid="190.0")`` or
+        by field id ``tick(265598, **{"31": "190.1"})``."""
+        names = {"last": "31", "bid": "84", "ask": "86", "bid_size": "88", "ask_size": "85", "volume": "7762"}
+        delta = {names.get(k, k): v for k, v in fields.items()}
+        conid = str(conid)
+        self.quotes.setdefault(conid, {}).update(delta)
+        message = {**delta, "conid": int(conid), "_updated": _ms(), "server_id": "q0", "topic": f"smd+{conid}"}
+        self._push(f"smd+{conid}", message)
+
+    def set_position(self, conid: Union[int, str], symbol: str, quantity: float, avg_price: float,
+                     unrealized_pnl: float = 0.0) -> None:
+        """Set a position (served by REST ``/portfolio/{acct}/positions/0``); quantity 0 removes it."""
+        conid = str(conid)
+        if not quantity:
+            self.positions.pop(conid, None)
+            return
+        self.positions[conid] = {
+            "acctId": self.account, "conid": int(conid), "contractDesc": symbol, "ticker": symbol,
+            "position": quantity, "avgPrice": avg_price, "avgCost": avg_price, "realizedPnl": 0.0,
+            "unrealizedPnl": unrealized_pnl, "currency": "USD", "listingExchange": "NASDAQ",
+        }
+
+    def set_summary(self, **values: str) -> None:
+        """Change account summary values; an ``ssd`` frame goes to subscribers."""
+        self.summary.update(values)
+        rows = [{"key": k, "value": v, "timestamp": _ms()} for k, v in values.items()]
+        self._push(f"ssd+{self.account}", {"topic": f"ssd+{self.account}", "result": rows})
+
+    def notify(self, text: str, as_list: bool = False) -> None:
+        """An ``ntf`` notification (args as a dict, or a list when ``as_list``)."""
+        item = {"id": "INDICATIVE_DATA_SUGGESTION", "text": text, "title": "Warning", "url": ""}
+        self.broadcast(self._encode({"topic": "ntf", "args": [item] if as_list else item}), binary=self.binary)
+
+    def bulletin(self, text: str) -> None:
+        """A ``blt`` bulletin."""
+        self.broadcast(self._encode({"topic": "blt", "args": {"id": "1", "message": text}}), binary=self.binary)
+
+    def set_authenticated(self, authenticated: bool) -> None:
+        """The brokerage session logs in or out (tickle and ``sts`` say so)."""
+        self.authenticated = authenticated
+        self.broadcast(self._encode({"topic": "sts", "args": {"authenticated": authenticated}}), binary=self.binary)
+
+    # faults ----------------------------------------------------------
+    def send_malformed(self) -> None:
+        """A frame that is not JSON."""
+        self.send_raw(b'{"topic":"sor","args":[{"orderId":', text=not self.binary)
+
+    def send_invalid_utf8(self) -> None:
+        """A JSON text frame with an invalid UTF-8 byte inside a string (ibind #148)."""
+        self.send_raw(b'{"topic":"blt","args":{"id":"2","message":"caf\x99 closed"}}', text=True)
+
+    def send_unknown_topic(self) -> None:
+        """A message with a topic nobody knows."""
+        self.broadcast(self._encode({"topic": "zzz", "args": {"what": "future feature"}}), binary=self.binary)
+
+    def send_error(self, topic: str = "xyz") -> None:
+        """An error frame as the gateway sends for a bad request."""
+        self.broadcast(self._encode({"error": f"Topic unknown '{topic}'", "code": 1, "topic": topic}),
+                       binary=self.binary)
+
+    # ----------------------------------------------------------------- internals
+    def _encode(self, message: Dict[str, Any]) -> Union[str, bytes]:
+        text = json.dumps(message, separators=(",", ":"))
+        return text.encode() if self.binary else text
+
+    def _auth_status(self) -> Dict[str, Any]:
+        return {"authenticated": self.authenticated, "competing": False, "connected": True,
+                "message": "", "MAC": "00:00:00:00:00:00", "fail": ""}
+
+    def _tickle(self, request: HttpRequest) -> Tuple[int, Any]:
+        self.tickles += 1
+        return 200, {"session": self.session, "ssoExpires": 600000, "collission": False, "userId": 1,
+                     "iserver": {"authStatus": self._auth_status()}}
+
+    def _orders_rest(self, request: HttpRequest) -> Tuple[int, Any]:
+        with self.lock:
+            self.order_requests.append(dict(request.query))
+        if request.query.get("force") == "true":
+            return 200, {"orders": [], "snapshot": False}  # as IBKR: force clears the cache
+        orders = []
+        for order in self.orders.values():
+            row = {k: v for k, v in order.items() if k not in ("bgColor", "fgColor")}
+            orders.append(row)
+        return 200, {"orders": orders, "snapshot": True}
+
+    def _positions_rest(self, request: HttpRequest) -> Tuple[int, Any]:
+        return 200, list(self.positions.values())
+
+    def check_handshake(self, request: Any) -> Union[Dict[str, Any], Tuple[int, str]]:
+        if not request.path.split("?")[0] == self.ws_path:
+            return 404, "not found"
+        cookie = header_of(request, "Cookie") or ""
+        expected = "api=" + json.dumps({"session": self.session})
+        if expected not in cookie and f'"session":"{self.session}"' not in cookie.replace(" ", ""):
+            return 401, "Unauthorized"
+        return {"subs": set()}
+
+    async def serve_client(self, client: Client) -> None:
+        ws = client.connection
+        await self.send_to(client, self._encode({"topic": "system", "success": "simuser", "isFT": False, "isPaper": True}))
+        await self.send_to(client, self._encode({"topic": "act", "args": {
+            "accounts": [self.account], "selectedAccount": self.account, "sessionId": self.session,
+            "isPaper": True}}))
+        await self.send_to(client, self._encode({"topic": "sts", "args": {"authenticated": self.authenticated}}))
+        heartbeat = asyncio.ensure_future(self._heartbeats(client))
+        try:
+            async for message in ws:
+                self.record(message)
+                await self._on_client_message(client, message if isinstance(message, str) else message.decode())
+        finally:
+            heartbeat.cancel()
+
+    async def _heartbeats(self, client: Client) -> None:
+        while True:
+            await asyncio.sleep(self.hb_interval)
+            await self.send_to(client, self._encode({"topic": "system", "hb": _ms()}))
+
+    async def _on_client_message(self, client: Client, text: str) -> None:
+        if text == "ech+hb":
+            await self.send_to(client, "ech+hb")
+            return
+        if text == "tic":
+            await self.send_to(client, self._encode({"topic": "tic", "lastAccessed": _ms()}))
+            return
+        parts = text.split("+", 2)
+        topic = parts[0]
+        subs: Set[str] = client.info.setdefault("subs", set())
+        if not self.authenticated:
+            return  # the gateway ignores subscriptions before authentication
+        if topic == "sor":
+            subs.add("sor")
+            full = [{k: v for k, v in o.items()} for o in self.orders.values()]
+            await self.send_to(client, self._encode({"topic": "sor", "args": full}))
+        elif topic == "str":
+            subs.add("str")
+            args = json.loads(parts[1]) if len(parts) > 1 and parts[1] else {}
+            history = [] if args.get("realtimeUpdatesOnly") else list(self.executions)
+            await self.send_to(client, self._encode({"topic": "str", "args": history}))
+        elif topic == "spl":
+            subs.add("spl")
+            await self.send_to(client, self._encode({"topic": "spl", "args": {f"{self.account}.Core": dict(self.pnl)}}))
+        elif topic == "smd" and len(parts) >= 2:
+            conid = parts[1]
+            subs.add(f"smd+{conid}")
+            snapshot = self.quotes.get(conid)
+            if snapshot:
+                await self.send_to(client, self._encode({**snapshot, "conid": int(conid), "_updated": _ms(),
+                                                         "topic": f"smd+{conid}"}))
+        elif topic == "ssd" and len(parts) >= 2:
+            subs.add(f"ssd+{parts[1]}")
+            rows = [{"key": k, "value": v, "timestamp": _ms()} for k, v in self.summary.items()]
+            await self.send_to(client, self._encode({"topic": f"ssd+{parts[1]}", "result": rows}))
+        elif topic in ("uor", "utr", "upl"):
+            subs.discard({"uor": "sor", "utr": "str", "upl": "spl"}[topic])
+        elif topic == "umd" and len(parts) >= 2:
+            subs.discard(f"smd+{parts[1]}")
+        elif topic == "usd" and len(parts) >= 2:
+            subs.discard(f"ssd+{parts[1]}")
+            await self.send_to(client, self._encode({"result": "unsubscribed from summary"}))
+        else:
+            await self.send_to(client, self._encode({"error": f"Topic unknown '{topic}'", "code": 1, "topic": topic}))
+
+    def _push_orders(self, updates: List[Dict[str, Any]]) -> None:
+        self._push("sor", {"topic": "sor", "args": updates})
+
+    def _push(self, topic: str, message: Dict[str, Any]) -> None:
+        """Send ``message`` to every client subscribed to ``topic`` (nobody: state still changed)."""
+        if self._loop is None:
+            return
+        data = self._encode(message)
+
+        async def push() -> None:
+            for client in list(self.clients):
+                if topic in client.info.get("subs", ()):
+                    await self.send_to(client, data)
+
+        self.call(push())
+
+    def subscribers(self, topic: str) -> int:
+        """How many connected clients are subscribed to ``topic`` (``"sor"``, ``"smd+265598"``...)."""
+        return sum(1 for c in list(self.clients) if topic in c.info.get("subs", ()))
+
+
+def _ms() -> int:
+    return int(time.time() * 1000)

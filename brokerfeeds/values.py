@@ -1,0 +1,80 @@
+"""Small, lenient converters from brokers' loosely typed values.
+
+Brokers send numbers as strings, floats, ints, with thousands separators, unit
+suffixes (``1.25M``), status prefixes (IBKR's ``C123.4`` for a prior close) or
+placeholders (``""``, ``"N/A"``, ``"-"``). These helpers turn them into
+:class:`~decimal.Decimal` (never binary floats) or ``None``, and never raise.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+from decimal import Decimal, InvalidOperation
+from typing import Any, Callable, Optional
+
+try:  # the "fast" extra
+    import orjson as _orjson
+except ImportError:  # pragma: no cover - exercised when the extra is absent
+    _orjson = None
+
+__all__ = ["to_decimal", "to_text", "loads", "FAST_JSON", "from_epoch_ms", "utc"]
+
+FAST_JSON = _orjson is not None
+utc = _dt.timezone.utc
+
+#: JSON decoder used for every frame: orjson when the ``fast`` extra is installed.
+loads: Callable[[Any], Any] = _orjson.loads if _orjson is not None else json.loads
+
+_SUFFIX = {"K": Decimal(1000), "M": Decimal(1_000_000), "B": Decimal(1_000_000_000)}
+_PLACEHOLDERS = frozenset({"", "N/A", "NA", "-", "--", "null", "None", "nan", "NaN"})
+
+
+def to_decimal(value: Any) -> Optional[Decimal]:
+    """``value`` as a Decimal, or None when it is missing or not a number."""
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, Decimal):
+        return value
+    if isinstance(value, int):
+        return Decimal(value)
+    if isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")):
+            return None
+        return Decimal(repr(value))
+    text = str(value).strip().replace(",", "")
+    if text in _PLACEHOLDERS:
+        return None
+    scale = None
+    if text[-1] in "KMBkmb" and len(text) > 1:
+        scale = _SUFFIX[text[-1].upper()]
+        text = text[:-1]
+    if text and text[0] in "CH" and len(text) > 1:  # IBKR: C = prior close, H = halted
+        text = text[1:]
+    text = text.rstrip("%")
+    try:
+        number = Decimal(text)
+    except (InvalidOperation, ValueError):
+        return None
+    if not number.is_finite():
+        return None
+    return number * scale if scale is not None else number
+
+
+def to_text(value: Any) -> Optional[str]:
+    """``value`` as a stripped string, or None when missing or empty."""
+    if value is None:
+        return None
+    text = str(value).strip()
+    return text or None
+
+
+def from_epoch_ms(value: Any) -> Optional[_dt.datetime]:
+    """A UTC datetime from milliseconds since the epoch, or None."""
+    number = to_decimal(value)
+    if number is None:
+        return None
+    try:
+        return _dt.datetime.fromtimestamp(float(number) / 1000.0, tz=utc)
+    except (OverflowError, OSError, ValueError):
+        return None
