@@ -113,6 +113,8 @@ class Dispatcher:
     # ------------------------------------------------------------------ producers
     def put(self, kind: str, item: Any) -> None:
         """Hand over one event (``kind`` selects the callbacks)."""
+        if not self._callbacks.get(kind) and not (self._sinks and kind in _SINK_KINDS):
+            return  # nobody listens: skip the queue (raw messages, usually)
         if self.mode == "inline":
             self._deliver(kind, item)
             return

@@ -409,31 +409,14 @@ class Feed:
         return self._dispatcher.process(max_events, timeout)
 
     def events(self, timeout: Optional[float] = None) -> Iterator[ev.Event]:
-        """Iterate over data events as they arrive (orders, fills, quotes, notices, ...).
+        """An iterator over data events (orders, fills, quotes, notices, ...) as they arrive.
 
-        Ends when the feed stops, or when no event arrives for ``timeout`` seconds.
-        Callbacks still run as usual; in ``"queue"`` mode the iterator pumps them.
+        It sees every event from the moment ``events()`` is called (call it before
+        ``start()`` to miss nothing). Iteration ends when the feed stops, or when no event
+        arrives for ``timeout`` seconds. Callbacks still run as usual; in ``"queue"``
+        mode the iterator pumps them.
         """
-        sink: "queue.SimpleQueue[ev.Event]" = queue.SimpleQueue()
-        self._dispatcher.add_sink(sink)
-        pump = self._dispatcher.mode == "queue"
-        try:
-            last = _monotonic()
-            while True:
-                if pump:
-                    self._dispatcher.process(timeout=0.05)
-                try:
-                    item = sink.get(timeout=0.0 if pump else 0.1)
-                except queue.Empty:
-                    if self._state == "stopped" and not self._dispatcher.pending:
-                        return
-                    if timeout is not None and _monotonic() - last >= timeout:
-                        return
-                    continue
-                last = _monotonic()
-                yield item
-        finally:
-            self._dispatcher.remove_sink(sink)
+        return _EventIterator(self._dispatcher, lambda: self._state == "stopped", timeout)
 
     def __enter__(self) -> "Feed":
         return self.start()
@@ -843,6 +826,47 @@ class Feed:
             if self._state != state:
                 self._state = state
                 self._state_cond.notify_all()
+
+
+class _EventIterator:
+    """What :meth:`Feed.events` returns: a sink fed by the dispatcher, read by the caller."""
+
+    def __init__(self, dispatcher: Dispatcher, stopped: Callable[[], bool], timeout: Optional[float]) -> None:
+        self._dispatcher = dispatcher
+        self._stopped = stopped
+        self._timeout = timeout
+        self._sink: "queue.SimpleQueue[ev.Event]" = queue.SimpleQueue()
+        self._pump = dispatcher.mode == "queue"
+        self._open = True
+        dispatcher.add_sink(self._sink)
+
+    def __iter__(self) -> "_EventIterator":
+        return self
+
+    def __next__(self) -> ev.Event:
+        last = _monotonic()
+        while self._open:
+            if self._pump:
+                self._dispatcher.process(timeout=0.05)
+            try:
+                return self._sink.get(timeout=0.0 if self._pump else 0.1)
+            except queue.Empty:
+                pass
+            if self._stopped() and not self._dispatcher.pending:
+                break
+            if self._timeout is not None and _monotonic() - last >= self._timeout:
+                break
+        self.close()
+        raise StopIteration
+
+    def close(self) -> None:
+        """Stop receiving events."""
+        if self._open:
+            self._open = False
+            self._dispatcher.remove_sink(self._sink)
+
+    def __del__(self) -> None:
+        self.close()
 
 
 def _wall(mono: Optional[float]) -> Optional[_dt.datetime]:

@@ -41,9 +41,13 @@ class IbkrSimulator(SimulatorBase):
         session: str = "5f3c9e0d8a7b4c21aa10f00dbabe1234",
         hb_interval: float = 10.0,
         binary: bool = True,
+        sts_delay: float = 0.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.sts_delay = sts_delay  # seconds between open and the sts frame
+        self.sts_sent_at: Optional[float] = None  # monotonic time of the last sts sent
+        self.reject_cookie = False  # fault: refuse the handshake although tickle gave a session
         self.account = account
         self.session = session
         self.hb_interval = hb_interval
@@ -182,6 +186,8 @@ class IbkrSimulator(SimulatorBase):
     def set_authenticated(self, authenticated: bool) -> None:
         """The brokerage session logs in or out (tickle and ``sts`` say so)."""
         self.authenticated = authenticated
+        for client in list(self.clients):
+            client.info["authed"] = authenticated
         self.broadcast(self._encode({"topic": "sts", "args": {"authenticated": authenticated}}), binary=self.binary)
 
     # faults ----------------------------------------------------------
@@ -235,7 +241,8 @@ class IbkrSimulator(SimulatorBase):
             return 404, "not found"
         cookie = header_of(request, "Cookie") or ""
         expected = "api=" + json.dumps({"session": self.session})
-        if expected not in cookie and f'"session":"{self.session}"' not in cookie.replace(" ", ""):
+        if self.reject_cookie or (expected not in cookie
+                                  and f'"session":"{self.session}"' not in cookie.replace(" ", "")):
             return 401, "Unauthorized"
         return {"subs": set()}
 
@@ -245,14 +252,23 @@ class IbkrSimulator(SimulatorBase):
         await self.send_to(client, self._encode({"topic": "act", "args": {
             "accounts": [self.account], "selectedAccount": self.account, "sessionId": self.session,
             "isPaper": True}}))
-        await self.send_to(client, self._encode({"topic": "sts", "args": {"authenticated": self.authenticated}}))
-        heartbeat = asyncio.ensure_future(self._heartbeats(client))
+        client.info["authed"] = False
+
+        async def announce() -> None:
+            if self.sts_delay:
+                await asyncio.sleep(self.sts_delay)
+            self.sts_sent_at = time.monotonic()
+            client.info["authed"] = self.authenticated
+            await self.send_to(client, self._encode({"topic": "sts", "args": {"authenticated": self.authenticated}}))
+
+        tasks = [asyncio.ensure_future(announce()), asyncio.ensure_future(self._heartbeats(client))]
         try:
             async for message in ws:
                 self.record(message)
                 await self._on_client_message(client, message if isinstance(message, str) else message.decode())
         finally:
-            heartbeat.cancel()
+            for task in tasks:
+                task.cancel()
 
     async def _heartbeats(self, client: Client) -> None:
         while True:
@@ -269,7 +285,7 @@ class IbkrSimulator(SimulatorBase):
         parts = text.split("+", 2)
         topic = parts[0]
         subs: Set[str] = client.info.setdefault("subs", set())
-        if not self.authenticated:
+        if not client.info.get("authed"):
             return  # the gateway ignores subscriptions before authentication
         if topic == "sor":
             subs.add("sor")
