@@ -430,25 +430,38 @@ class Feed:
     # ================================================================ subscriptions (for subclasses)
     def _subscribe(self, sub: Subscription) -> Subscription:
         """Add ``sub`` to the desired set and send it now if the session is ready."""
-        with self._lock:
-            if self._desired.get(sub.ident) == sub:
-                return sub
-            self._desired[sub.ident] = sub
-            outputs = self._protocol.subscribe([sub], _monotonic()) if self._ready and self._protocol else []
-        self._log.info("subscribe %s", sub)
-        self._handle(outputs)
+        self._subscribe_many([sub])
         return sub
 
     def _unsubscribe(self, kind: str, key: str = "") -> bool:
         """Remove ``(kind, key)`` from the desired set (and end it now if connected)."""
+        return bool(self._unsubscribe_many([(kind, key)]))
+
+    def _subscribe_many(self, subs: Sequence[Subscription]) -> List[Subscription]:
+        """Add several subscriptions at once: a ready session gets them in ONE
+        ``protocol.subscribe`` call (one frame, for brokers that batch). Returns the new ones."""
         with self._lock:
-            sub = self._desired.pop((kind, key), None)
-            if sub is None:
-                return False
-            outputs = self._protocol.unsubscribe([sub], _monotonic()) if self._ready and self._protocol else []
-        self._log.info("unsubscribe %s", sub)
+            fresh: Dict[Tuple[str, str], Subscription] = {}
+            for sub in subs:
+                if self._desired.get(sub.ident) != sub:
+                    fresh[sub.ident] = sub
+            self._desired.update(fresh)
+            added = list(fresh.values())
+            outputs = self._protocol.subscribe(added, _monotonic()) if added and self._ready and self._protocol else []
+        if added:
+            self._log.info("subscribe %s", ", ".join(str(s) for s in added))
         self._handle(outputs)
-        return True
+        return added
+
+    def _unsubscribe_many(self, idents: Sequence[Tuple[str, str]]) -> List[Subscription]:
+        """Remove several ``(kind, key)`` at once (one ``protocol.unsubscribe`` call). Returns the removed ones."""
+        with self._lock:
+            removed = [s for s in (self._desired.pop(i, None) for i in dict.fromkeys(idents)) if s is not None]
+            outputs = self._protocol.unsubscribe(removed, _monotonic()) if removed and self._ready and self._protocol else []
+        if removed:
+            self._log.info("unsubscribe %s", ", ".join(str(s) for s in removed))
+        self._handle(outputs)
+        return removed
 
     # ================================================================ hooks for subclasses
     def _new_protocol(self) -> Protocol:
