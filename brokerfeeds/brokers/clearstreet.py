@@ -1,0 +1,953 @@
+"""Clear Street Studio API v2 activity channel: adapter and feed.
+
+Protocol notes (see the project's protocols/clearstreet.md for sources):
+
+* One WebSocket (``wss://api.clearstreet.io/studio/v2/ws``); no auth on the handshake.
+  The OAuth2 bearer token travels in the ``authorization`` field of every
+  ``subscribe-activity`` message, one per account, which must be sent within 30 s of
+  connecting. The socket lives as long as that token: when it expires the server drops
+  the connection, and the feed reconnects with a fresh token.
+* The server acks each subscribe (``subscribe-activity-ack``, ``account_id`` optional:
+  acks without one are matched to pending subscribes in order), then **replays every
+  sequenced message of the trading day**, then sends ``replay-complete`` (no account id:
+  matched to the oldest replaying account).
+* Sequenced messages carry a top-level ``sequence``: ``order-update`` → :class:`Order`,
+  ``trade-notice`` → :class:`Trade`, ``position-update`` → :class:`Position`,
+  ``buying-power-update`` → :class:`Balance`, ``locate-inventory-update`` →
+  :class:`LocateInventory` (``on_locate``). ``heartbeat`` proves liveness and reaches no
+  callback; ``error-notice`` → ``on_error`` and a :class:`Notice`; anything else →
+  ``on_message``.
+
+Exactly once, in order. The adapter keeps a per-account sequence *mark* (the highest
+sequence delivered, with its trading day in America/New_York):
+
+* a frame at or below the mark is a duplicate (a replay after a reconnect, or a
+  repeat/late frame on a live connection): dropped, counted in ``stats.extra``;
+* a frame above the mark is delivered; during a replay it carries ``replayed=True``;
+* a frame more than one above the mark is a *gap*: :class:`GapDetected` goes to
+  ``on_error``, nothing of that account is delivered further on this connection, and
+  the feed reconnects; the replay then delivers the missing frames in order. (A gap
+  that survives two replays is accepted, so a hole in the server's journal cannot
+  cause a reconnect loop.)
+* a frame of a later trading day than the mark (sequences restart at 1 each day)
+  resets the mark.
+
+Status mapping (Clear Street ``status`` → :class:`~brokerfeeds.events.OrderStatus`):
+
+=========================================================  ================
+Clear Street                                               OrderStatus
+=========================================================  ================
+pending-new                                                PENDING
+new, accepted-for-bidding, calculated, stopped, suspended  OPEN
+pending-cancel, pending-replace, replaced                  OPEN
+partially-filled                                           PARTIALLY_FILLED
+filled                                                     FILLED
+canceled                                                   CANCELLED
+rejected                                                   REJECTED
+expired, done-for-day                                      EXPIRED
+anything else                                              from ``state``
+=========================================================  ================
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import threading
+import time
+from collections import deque
+from typing import Any, Callable, Deque, Dict, List, Mapping, Optional, Sequence, Set, Tuple, TypeVar, Union
+
+import requests
+
+from ..auth import TokenSource
+from ..errors import (
+    AuthenticationError,
+    BrokerFeedsError,
+    ConnectionFailed,
+    GapDetected,
+    ProtocolError,
+    RateLimited,
+)
+from ..events import (
+    Balance,
+    LocateInventory,
+    Notice,
+    Order,
+    OrderStatus,
+    PnL,
+    Position,
+    ReplayComplete,
+    Side,
+    Trade,
+)
+from ..feed import Feed
+from ..protocol import (
+    Fatal,
+    Output,
+    Protocol,
+    RawMessage,
+    Reconnect,
+    Report,
+    Send,
+    Subscription,
+    excerpt,
+    first,
+)
+from ..state import ChangeTracker
+from ..transport import ConnectTarget
+from ..values import from_epoch_ms, loads, to_decimal, to_text
+
+__all__ = [
+    "ClearStreetFeed",
+    "ClearStreetProtocol",
+    "ClientCredentials",
+    "JsonFileMarkStore",
+    "MarkStore",
+    "STATUS_MAP",
+    "trading_day",
+]
+
+BROKER = "clearstreet"
+_ACTIVITY = "activity"
+F = TypeVar("F", bound=Callable[..., Any])
+
+STATUS_MAP: Dict[str, OrderStatus] = {
+    "pending-new": OrderStatus.PENDING,
+    "new": OrderStatus.OPEN,
+    "accepted-for-bidding": OrderStatus.OPEN,
+    "calculated": OrderStatus.OPEN,
+    "stopped": OrderStatus.OPEN,
+    "suspended": OrderStatus.OPEN,
+    "pending-cancel": OrderStatus.OPEN,
+    "pending-replace": OrderStatus.OPEN,
+    "replaced": OrderStatus.OPEN,
+    "partially-filled": OrderStatus.PARTIALLY_FILLED,
+    "filled": OrderStatus.FILLED,
+    "canceled": OrderStatus.CANCELLED,
+    "cancelled": OrderStatus.CANCELLED,
+    "rejected": OrderStatus.REJECTED,
+    "expired": OrderStatus.EXPIRED,
+    "done-for-day": OrderStatus.EXPIRED,
+}
+_SIDES = {"buy": Side.BUY, "sell": Side.SELL, "sell-short": Side.SELL}
+_AUTH_WORDS = ("auth", "token", "expired", "forbidden", "credential", "401", "403", "jwt", "permission")
+
+#: A persisted mark: ``{"sequence": 42, "trading_day": "2026-03-22"}`` (day may be None).
+Mark = Dict[str, Any]
+
+try:  # Python >= 3.9 with the system's (or the tzdata package's) time-zone database
+    from zoneinfo import ZoneInfo
+
+    _NEW_YORK: _dt.tzinfo = ZoneInfo("America/New_York")
+except Exception:  # noqa: BLE001 - no tz database: Eastern standard time is close enough for a date
+    _NEW_YORK = _dt.timezone(_dt.timedelta(hours=-5))
+
+
+def trading_day(timestamp_ms: Any) -> Optional[str]:
+    """The America/New_York date (``"YYYY-MM-DD"``) of a frame's ``timestamp`` (ms), or None."""
+    moment = from_epoch_ms(timestamp_ms)
+    return moment.astimezone(_NEW_YORK).date().isoformat() if moment is not None else None
+
+
+def map_status(status: Optional[str], state: Optional[str], filled: Any = None, quantity: Any = None) -> OrderStatus:
+    """Clear Street's ``status`` (falling back to the simplified ``state``) as an :class:`OrderStatus`."""
+    mapped = STATUS_MAP.get((status or "").lower())
+    if mapped is not None:
+        return mapped
+    state = (state or "").lower()
+    if state == "open":
+        return OrderStatus.OPEN
+    if state == "rejected":
+        return OrderStatus.REJECTED
+    if state == "closed":
+        return OrderStatus.FILLED if filled is not None and quantity and filled >= quantity else OrderStatus.CANCELLED
+    return OrderStatus.UNKNOWN
+
+
+def _side(value: Any) -> Optional[Side]:
+    return _SIDES.get(str(value).lower()) if value is not None else None
+
+
+def order_from(data: Mapping[str, Any], raw: Any = None, replayed: bool = False) -> Order:
+    """An :class:`Order` from a Clear Street Order object (``order-update`` data or REST)."""
+    quantity = to_decimal(data.get("quantity"))
+    filled = to_decimal(data.get("filled_quantity"))
+    remaining = quantity - filled if quantity is not None and filled is not None else None
+    status = to_text(data.get("status"))
+    return Order(
+        broker=BROKER,
+        account=to_text(data.get("account_id")),
+        order_id=str(data["order_id"]),
+        symbol=to_text(data.get("symbol")),
+        side=_side(data.get("side")),
+        quantity=quantity,
+        filled_quantity=filled,
+        remaining_quantity=remaining,
+        price=to_decimal(data.get("price")),
+        avg_price=to_decimal(data.get("average_price")),
+        order_type=to_text(data.get("order_type")),
+        status=map_status(status, to_text(data.get("state")), filled, quantity),
+        broker_status=status or to_text(data.get("state")),
+        time=from_epoch_ms(first(data.get("updated_at"), data.get("created_at"))),
+        replayed=replayed,
+        raw=raw if raw is not None else dict(data),
+    )
+
+
+def trade_from(data: Mapping[str, Any], raw: Any = None, replayed: bool = False) -> Trade:
+    """A :class:`Trade` from a Clear Street Trade object."""
+    return Trade(
+        broker=BROKER,
+        account=to_text(data.get("account_id")),
+        trade_id=to_text(data.get("trade_id")),
+        order_id=to_text(data.get("order_id")),
+        symbol=to_text(data.get("symbol")),
+        side=_side(data.get("side")),
+        quantity=to_decimal(data.get("quantity")),
+        price=to_decimal(data.get("price")),
+        time=from_epoch_ms(data.get("created_at")),
+        replayed=replayed,
+        raw=raw if raw is not None else dict(data),
+    )
+
+
+def pnl_from(account: str, body: Mapping[str, Any]) -> PnL:
+    """A :class:`PnL` from REST ``/accounts/{id}/pnl-summary``."""
+    return PnL(
+        broker=BROKER,
+        account=to_text(first(body.get("account_id"), account)),
+        daily_pnl=to_decimal(body.get("day_pnl")),
+        unrealized_pnl=to_decimal(body.get("unrealized_pnl")),
+        realized_pnl=to_decimal(body.get("realized_pnl")),
+        net_liquidation=to_decimal(body.get("equity")),
+        market_value=to_decimal(first(body.get("net_market_value"), body.get("gross_market_value"))),
+        raw=dict(body),
+    )
+
+
+class ClearStreetProtocol(Protocol):
+    """Sans-I/O adapter for the activity channel (sequence marks, replay, acks).
+
+    The feed sets :attr:`token` before every connection; :meth:`subscribe` puts it in
+    each ``subscribe-activity`` message. Marks survive reconnects (this object lives for
+    one run of the feed) and can be exported / restored with :meth:`export_marks` /
+    :meth:`restore_marks`.
+    """
+
+    broker = BROKER
+    ready_on_open = True
+
+    def __init__(self, replay_timeout: float = 30.0, marks: Optional[Mapping[str, Any]] = None) -> None:
+        self.replay_timeout = replay_timeout
+        self.token: Optional[str] = None
+        #: Set when the server refused :attr:`token`: the feed fetches a fresh one before reconnecting.
+        self.token_refused = False
+        self.marks: Dict[str, int] = {}
+        self.mark_days: Dict[str, Optional[str]] = {}
+        # Per connection.
+        self.accounts: List[str] = []  # subscribed on this connection, in order
+        self._pending: Deque[str] = deque()  # subscribes awaiting their ack
+        self._replaying: Dict[str, None] = {}  # accounts replaying, oldest first (ordered set)
+        self._acked: Set[str] = set()
+        self._broken: Set[str] = set()  # a gap was seen: ignore the account until reconnected
+        self._removed: Set[str] = set()  # unsubscribed while this connection lives
+        self._last_progress = 0.0
+        # Per run.
+        self._auth_retried: Set[str] = set()
+        self.failed: Set[str] = set()  # accounts stopped after repeated auth failures
+        self._gap_tries: Dict[Tuple[str, int], int] = {}
+        self._order_versions: Dict[str, Any] = {}
+        self._trade_ids: Set[str] = set()
+        self._pnl = ChangeTracker[PnL]()
+        self.counters: Dict[str, int] = {
+            "duplicates": 0, "replayed": 0, "gaps": 0, "gap_held_back": 0, "day_resets": 0,
+            "replay_timeouts": 0, "unattributed": 0,
+        }
+        if marks:
+            self.restore_marks(marks)
+
+    # ------------------------------------------------------------- marks
+    def export_marks(self) -> Dict[str, Mark]:
+        """``{account: {"sequence": n, "trading_day": "YYYY-MM-DD" or None}}`` (JSON-friendly)."""
+        return {acct: {"sequence": seq, "trading_day": self.mark_days.get(acct)} for acct, seq in self.marks.items()}
+
+    def restore_marks(self, marks: Mapping[str, Any]) -> None:
+        """Adopt marks saved earlier (a mark of a later day, or higher on the same day, wins).
+
+        Values may be ``{"sequence": n, "trading_day": day}`` dicts or bare integers.
+        """
+        for acct, value in marks.items():
+            if isinstance(value, Mapping):
+                seq, day = value.get("sequence"), value.get("trading_day")
+            else:
+                seq, day = value, None
+            try:
+                seq = int(seq)  # type: ignore[arg-type]
+            except (TypeError, ValueError):
+                raise ValueError(f"bad mark for account {acct!r}: {value!r}") from None
+            acct = str(acct)
+            day = to_text(day)
+            have, have_day = self.marks.get(acct), self.mark_days.get(acct)
+            if have is None or (day or "") > (have_day or "") or (day == have_day and seq > have):
+                self.marks[acct] = seq
+                self.mark_days[acct] = day
+
+    # ------------------------------------------------------------- connection
+    def on_open(self, now: float) -> List[Output]:
+        self._reset_connection(now)
+        return super().on_open(now)
+
+    def on_close(self) -> None:
+        self._reset_connection(0.0)
+
+    def _reset_connection(self, now: float) -> None:
+        self.accounts = []
+        self._pending.clear()
+        self._replaying.clear()
+        self._acked.clear()
+        self._broken.clear()
+        self._removed.clear()
+        self._last_progress = now
+
+    # ------------------------------------------------------------- outgoing
+    def subscribe(self, subs: Sequence[Subscription], now: float) -> List[Output]:
+        out: List[Output] = []
+        for sub in subs:
+            if sub.kind != _ACTIVITY or not sub.key:
+                continue
+            acct = sub.key
+            if acct in self.failed or acct in self.accounts:
+                continue
+            if self.token is None:
+                out.append(Report(AuthenticationError("no access token: cannot subscribe")))
+                continue
+            self.accounts.append(acct)
+            self._removed.discard(acct)
+            self._pending.append(acct)
+            if not self._replaying:
+                self._last_progress = now
+            self._replaying[acct] = None
+            out.append(Send(json.dumps({"authorization": self.token,
+                                        "payload": {"type": "subscribe-activity", "account_id": acct}})))
+        return out
+
+    def unsubscribe(self, subs: Sequence[Subscription], now: float) -> List[Output]:
+        """No unsubscribe message exists: forget the accounts and recycle the connection."""
+        removed = [s.key for s in subs if s.kind == _ACTIVITY and s.key in self.accounts]
+        if not removed:
+            return []
+        for acct in removed:
+            self.accounts.remove(acct)
+            self._removed.add(acct)
+        return [Reconnect(f"unsubscribed account(s) {', '.join(removed)}: recycling the connection",
+                          immediate=True)]
+
+    def maintain(self, now: float) -> List[Output]:
+        """A replay that stops making progress for ``replay_timeout`` s is declared complete."""
+        if not self._replaying or now - self._last_progress <= self.replay_timeout:
+            return []
+        out: List[Output] = []
+        for acct in list(self._replaying):
+            self._finish_replay(acct)
+            self.counters["replay_timeouts"] += 1
+            out.append(Report(BrokerFeedsError(
+                f"account {acct}: replay made no progress for {self.replay_timeout:g}s and "
+                "replay-complete never came; treating the account as live")))
+            out.append(ReplayComplete(broker=BROKER, account=acct, timed_out=True))
+        self._last_progress = now
+        return out
+
+    # ------------------------------------------------------------- incoming
+    def on_frame(self, data: bytes, binary: bool, now: float) -> List[Output]:
+        try:
+            message = loads(data)
+        except ValueError:
+            raise ProtocolError("frame is not JSON", excerpt(data)) from None
+        if not isinstance(message, dict):
+            return [RawMessage(message)]
+        payload = message.get("payload")
+        kind = payload.get("type") if isinstance(payload, dict) else None
+        if kind == "heartbeat":
+            return []
+        if message.get("sequence") is not None and isinstance(payload, dict):
+            return self._on_sequenced(message, payload, str(kind), now)
+        out: List[Output] = [RawMessage(message)]
+        if kind == "subscribe-activity-ack":
+            out.extend(self._on_ack(payload, now))
+        elif kind == "replay-complete":
+            out.extend(self._on_replay_complete(payload, now))
+        elif kind == "error-notice":
+            out.extend(self._on_error_notice(message, payload))
+        return out  # unknown types: on_message only
+
+    def _on_ack(self, payload: Dict[str, Any], now: float) -> List[Output]:
+        acct = to_text(payload.get("account_id"))
+        if acct is not None and acct in self._pending:
+            self._pending.remove(acct)
+        elif self._pending:
+            acct = self._pending.popleft()  # the older guide's ack has no account_id: FIFO
+        if acct is None:
+            return [Report(ProtocolError("subscribe-activity-ack for no pending subscribe",
+                                         excerpt(json.dumps(payload))))]
+        self._last_progress = now
+        details = to_text(payload.get("details")) or ""
+        if payload.get("success") is True or str(payload.get("success")).lower() == "true":
+            self._acked.add(acct)
+            self._auth_retried.discard(acct)
+            return []
+        self._finish_replay(acct)
+        if acct in self.accounts:
+            self.accounts.remove(acct)
+        text = f"subscribe to account {acct} refused: {details or 'no details'}"
+        if not any(word in details.lower() for word in _AUTH_WORDS):
+            return [Report(BrokerFeedsError(text))]
+        if acct not in self._auth_retried:
+            self._auth_retried.add(acct)
+            self.token_refused = True
+            return [Report(AuthenticationError(text + " (retrying once with a fresh token)")),
+                    Reconnect(f"account {acct}: token refused; reconnecting with a fresh token", immediate=True)]
+        self.failed.add(acct)
+        error = AuthenticationError(text + " (again after a token refresh: account stopped)")
+        if self.accounts or any(a not in self.failed for a in self._replaying):
+            return [Report(error)]
+        return [Fatal(error)]
+
+    def _on_replay_complete(self, payload: Dict[str, Any], now: float) -> List[Output]:
+        acct = to_text(payload.get("account_id"))
+        if acct is None or acct not in self._replaying:
+            acked = [a for a in self._replaying if a in self._acked]
+            acct = acked[0] if acked else next(iter(self._replaying), None)
+        if acct is None:
+            return []  # late (after a timeout) or unsolicited: on_message only
+        self._finish_replay(acct)
+        self._last_progress = now
+        return [ReplayComplete(broker=BROKER, account=acct, raw=payload)]
+
+    def _on_error_notice(self, message: Dict[str, Any], payload: Dict[str, Any]) -> List[Output]:
+        details = to_text(first(payload.get("details"), payload.get("message"))) or "error notice without details"
+        acct = self._pending.popleft() if self._pending else None
+        if acct is not None:
+            self._finish_replay(acct)
+            if acct in self.accounts:
+                self.accounts.remove(acct)
+        where = f" (subscribe to account {acct} failed)" if acct is not None else ""
+        return [Notice(broker=BROKER, kind="error", text=details, account=acct, raw=message),
+                Report(BrokerFeedsError(f"Clear Street error notice{where}: {details}"))]
+
+    def _finish_replay(self, acct: str) -> None:
+        self._replaying.pop(acct, None)
+        if acct in self._pending:
+            self._pending.remove(acct)
+
+    # ------------------------------------------------------------- sequenced messages
+    def _account_of(self, payload: Dict[str, Any]) -> Optional[str]:
+        data = payload.get("data")
+        acct = to_text(first(data.get("account_id") if isinstance(data, dict) else None, payload.get("account_id")))
+        if acct is None and len(self.accounts) == 1:
+            acct = self.accounts[0]
+        return acct
+
+    def _on_sequenced(self, message: Dict[str, Any], payload: Dict[str, Any], kind: str, now: float) -> List[Output]:
+        try:
+            seq = int(message["sequence"])
+        except (TypeError, ValueError):
+            raise ProtocolError("sequence is not an integer", excerpt(json.dumps(message))) from None
+        acct = self._account_of(payload)
+        if acct is None:
+            self.counters["unattributed"] += 1
+            return self._deliver(message, payload, kind, replayed=False)
+        if acct in self._removed or acct in self._broken:
+            if acct in self._broken:
+                self.counters["gap_held_back"] += 1
+            return []
+        replaying = acct in self._replaying
+        if replaying:
+            self._last_progress = now
+        day = trading_day(message.get("timestamp"))
+        mark = self.marks.get(acct)
+        mark_day = self.mark_days.get(acct)
+        if mark is not None and day is not None and mark_day is not None and day != mark_day:
+            if day > mark_day:  # a new trading day: the server's sequences restarted
+                self.counters["day_resets"] += 1
+                mark = None
+                self._order_versions.clear()
+                self._trade_ids.clear()
+            else:  # a frame of an earlier day than what was delivered: stale
+                self.counters["duplicates"] += 1
+                return []
+        if mark is not None:
+            if seq <= mark:
+                self.counters["duplicates"] += 1
+                return []
+            if seq > mark + 1:
+                tries = self._gap_tries.get((acct, mark + 1), 0)
+                self.counters["gaps"] += 1
+                error = GapDetected(acct, mark + 1, seq)
+                if tries < 2:
+                    self._gap_tries[(acct, mark + 1)] = tries + 1
+                    self._broken.add(acct)
+                    self.counters["gap_held_back"] += 1
+                    return [Report(error), Reconnect(f"sequence gap on account {acct}", immediate=False)]
+                # The same hole survived two replays: it is in the server's journal. Accept it.
+                self._gap_tries.pop((acct, mark + 1), None)
+                out: List[Output] = [Report(error)]
+                self._advance(acct, seq, day)
+                out.extend(self._deliver(message, payload, kind, replaying))
+                return out
+        self._advance(acct, seq, day)
+        return self._deliver(message, payload, kind, replaying)
+
+    def _advance(self, acct: str, seq: int, day: Optional[str]) -> None:
+        self.marks[acct] = seq
+        if day is not None or acct not in self.mark_days:
+            self.mark_days[acct] = day
+
+    def _deliver(self, message: Dict[str, Any], payload: Dict[str, Any], kind: str, replayed: bool) -> List[Output]:
+        if replayed:
+            self.counters["replayed"] += 1
+        out: List[Output] = [RawMessage(message)]
+        data = payload.get("data")
+        if not isinstance(data, dict):
+            if kind in _DECODERS:
+                out.append(Report(ProtocolError(f"{kind} without a data object", excerpt(json.dumps(message)))))
+            return out
+        decoder = _DECODERS.get(kind)
+        if decoder is not None:
+            event = decoder(self, data, message, replayed)
+            if event is not None:
+                out.append(event)
+        return out
+
+    def _order(self, data: Dict[str, Any], message: Dict[str, Any], replayed: bool) -> Optional[Order]:
+        if data.get("order_id") is None:
+            raise ProtocolError("order-update without order_id", excerpt(json.dumps(message)))
+        order_id = str(data["order_id"])
+        version = data.get("version")
+        if version is not None:
+            if self._order_versions.get(order_id) == version:
+                self.counters["duplicates"] += 1
+                return None  # the same version under another sequence number
+            self._order_versions[order_id] = version
+        return order_from(data, message, replayed)
+
+    def _trade(self, data: Dict[str, Any], message: Dict[str, Any], replayed: bool) -> Optional[Trade]:
+        trade_id = to_text(data.get("trade_id"))
+        if trade_id is not None:
+            if trade_id in self._trade_ids:
+                self.counters["duplicates"] += 1
+                return None
+            self._trade_ids.add(trade_id)
+        return trade_from(data, message, replayed)
+
+    def _position(self, data: Dict[str, Any], message: Dict[str, Any], replayed: bool) -> Optional[Position]:
+        return Position(
+            broker=BROKER,
+            account=to_text(data.get("account_id")),
+            symbol=to_text(data.get("symbol")) or "",
+            quantity=to_decimal(data.get("quantity")),
+            avg_price=to_decimal(data.get("average_cost")),
+            replayed=replayed,
+            raw=message,
+        )
+
+    def _buying_power(self, data: Dict[str, Any], message: Dict[str, Any], replayed: bool) -> Optional[Balance]:
+        # The spec's schema names the figure "amount" but requires "buying_power": accept both.
+        return Balance(
+            broker=BROKER,
+            account=to_text(data.get("account_id")),
+            buying_power=to_decimal(first(data.get("amount"), data.get("buying_power"))),
+            currency="USD",
+            values=dict(data),
+            replayed=replayed,
+            raw=message,
+        )
+
+    def _locate(self, data: Dict[str, Any], message: Dict[str, Any], replayed: bool) -> Optional[LocateInventory]:
+        return LocateInventory(
+            broker=BROKER,
+            account=to_text(data.get("account_id")),
+            symbol=to_text(data.get("symbol")),
+            quantity=to_decimal(data.get("available")),
+            values=dict(data),
+            replayed=replayed,
+            raw=message,
+        )
+
+    # ------------------------------------------------------------- REST results
+    def pnl_update(self, account: str, body: Any) -> List[Output]:
+        """A :class:`PnL` for a pnl-summary body, if it changed since the last poll."""
+        if not isinstance(body, dict):
+            return [Report(ProtocolError(f"pnl-summary for account {account} is not a JSON object"))]
+        pnl = pnl_from(account, body)
+        return [pnl] if self._pnl.update(account, pnl) is not None else []
+
+
+_DECODERS: Dict[str, Callable[[ClearStreetProtocol, Dict[str, Any], Dict[str, Any], bool], Any]] = {
+    "order-update": ClearStreetProtocol._order,
+    "trade-notice": ClearStreetProtocol._trade,
+    "position-update": ClearStreetProtocol._position,
+    "buying-power-update": ClearStreetProtocol._buying_power,
+    "locate-inventory-update": ClearStreetProtocol._locate,
+}
+
+
+# ================================================================= credentials
+class ClientCredentials:
+    """An OAuth2 client-credentials token provider that caches the token.
+
+    Calling it returns the cached access token, fetching a new one (``POST auth_url``)
+    when none is cached or the cached one is within ``refresh_margin`` seconds of its
+    ``expires_in`` (the margin is capped at half the lifetime). :meth:`invalidate`
+    forgets the cached token (the feed calls it when the server refuses the token).
+
+    Errors: 401/403 → :class:`AuthenticationError`, 429 → :class:`RateLimited`, network
+    and other HTTP failures → :class:`ConnectionFailed`. Messages never include the
+    secret or a token.
+    """
+
+    def __init__(
+        self,
+        client_id: str,
+        client_secret: str,
+        auth_url: str = "https://auth.clearstreet.io/oauth/token",
+        audience: str = "https://api.clearstreet.io",
+        *,
+        refresh_margin: float = 300.0,
+        timeout: float = 10.0,
+        verify: Union[bool, str] = True,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not client_id or not client_secret:
+            raise ValueError("client_id and client_secret are required")
+        self.client_id = client_id
+        self._secret = client_secret
+        self.auth_url = auth_url
+        self.audience = audience
+        self.refresh_margin = refresh_margin
+        self.timeout = timeout
+        self.verify = verify
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._token: Optional[str] = None
+        self._renew_at = 0.0
+        self.fetches = 0  #: how many tokens were fetched (for tests and diagnostics)
+
+    def __repr__(self) -> str:
+        return f"ClientCredentials(client_id={self.client_id!r}, client_secret=***)"
+
+    @property
+    def secrets(self) -> Tuple[str, ...]:
+        """Values a feed must mask in its logs (the client secret and the cached token)."""
+        return tuple(s for s in (self._secret, self._token) if s)
+
+    def __call__(self) -> str:
+        with self._lock:
+            if self._token is None or self._clock() >= self._renew_at:
+                self._fetch()
+            assert self._token is not None
+            return self._token
+
+    def invalidate(self) -> None:
+        """Forget the cached token: the next call fetches a new one."""
+        with self._lock:
+            self._token = None
+
+    def _fetch(self) -> None:
+        body = {"grant_type": "client_credentials", "client_id": self.client_id,
+                "client_secret": self._secret, "audience": self.audience}
+        try:
+            response = requests.post(self.auth_url, json=body, timeout=self.timeout, verify=self.verify)
+        except requests.RequestException as exc:
+            raise ConnectionFailed(f"token request failed: {type(exc).__name__}") from None
+        status = response.status_code
+        reply: Any
+        try:
+            reply = response.json()
+        except ValueError:
+            reply = None
+        if status >= 400:
+            detail = ""
+            if isinstance(reply, dict):
+                detail = to_text(first(reply.get("error_description"), reply.get("error"))) or ""
+            detail = detail.replace(self._secret, "***")[:200]
+            message = f"token request returned HTTP {status}{': ' + detail if detail else ''}"
+            if status in (401, 403):
+                raise AuthenticationError(message)
+            if status == 429:
+                raise RateLimited(message)
+            raise ConnectionFailed(message)
+        token = reply.get("access_token") if isinstance(reply, dict) else None
+        if not isinstance(token, str) or not token:
+            raise ProtocolError("token response has no access_token")
+        lifetime = to_decimal(reply.get("expires_in"))
+        seconds = float(lifetime) if lifetime is not None else 86400.0
+        self._token = token
+        self._renew_at = self._clock() + max(0.0, seconds - min(self.refresh_margin, seconds / 2))
+        self.fetches += 1
+
+
+# ================================================================= mark persistence
+class MarkStore:
+    """Where a :class:`ClearStreetFeed` persists its sequence marks (``sequence_store=``).
+
+    Subclass and implement both methods (or pass any object that has them). ``load``
+    runs once when the feed starts; ``save`` runs on the feed's REST thread every
+    ``store_interval`` seconds while marks change, and once more when the feed stops.
+    """
+
+    def load(self) -> Mapping[str, Any]:
+        """The marks saved last (``{}`` if none)."""
+        raise NotImplementedError
+
+    def save(self, marks: Mapping[str, Mark]) -> None:
+        """Persist ``marks`` (``{account: {"sequence": n, "trading_day": day}}``)."""
+        raise NotImplementedError
+
+
+class JsonFileMarkStore(MarkStore):
+    """Marks kept in a small JSON file (written atomically)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def load(self) -> Mapping[str, Any]:
+        try:
+            with open(self.path, encoding="utf-8") as fh:
+                data = json.load(fh)
+        except FileNotFoundError:
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def save(self, marks: Mapping[str, Mark]) -> None:
+        import os
+
+        tmp = f"{self.path}.tmp"
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(dict(marks), fh, sort_keys=True)
+        os.replace(tmp, self.path)
+
+
+# ================================================================= the feed
+class ClearStreetFeed(Feed):
+    """Clear Street Studio activity feed: orders, fills, positions, buying power, locates.
+
+    Pass exactly one of ``access_token`` (a fixed bearer token) or ``token_provider`` (a
+    zero-argument callable returning the current token, asked before every connection;
+    :meth:`client_credentials` builds one that fetches and caches OAuth2 tokens).
+
+    Every event is delivered exactly once and in sequence order per account, across
+    reconnects (see the module docs); events from a replay carry ``replayed=True`` and
+    ``on_replay_complete`` fires per account when the replay is over (``timed_out=True``
+    if ``replay-complete`` never came and the replay stalled for ``replay_timeout`` s).
+
+    Sequence marks: ``feed.marks`` exports them, ``marks=`` / :meth:`restore_marks`
+    adopts saved ones, and ``sequence_store=`` (a :class:`MarkStore`, e.g.
+    :class:`JsonFileMarkStore`) loads them at start and saves them as they change, so a
+    restarted process does not re-deliver the trading day.
+
+    ``poll_pnl`` (seconds) polls REST ``/accounts/{id}/pnl-summary`` for ``on_pnl`` (the
+    channel has no P&L). The socket has no client heartbeat: WebSocket pings every
+    ``ping_interval`` s plus any server frame keep ``stale_after`` from firing.
+    """
+
+    broker = BROKER
+
+    def __init__(
+        self,
+        access_token: Optional[str] = None,
+        token_provider: Optional[Callable[[], str]] = None,
+        url: str = "wss://api.clearstreet.io/studio/v2/ws",
+        rest_url: str = "https://api.clearstreet.io/studio/v2",
+        *,
+        verify: Union[bool, str] = True,
+        stale_after: float = 60.0,
+        ping_interval: Optional[float] = 20.0,
+        replay_timeout: float = 30.0,
+        poll_pnl: Optional[float] = None,
+        marks: Optional[Mapping[str, Any]] = None,
+        sequence_store: Optional[MarkStore] = None,
+        store_interval: float = 5.0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(url=url, rest_url=rest_url, verify=verify, stale_after=stale_after,
+                         ping_interval=ping_interval, **kwargs)
+        if replay_timeout <= 0:
+            raise ValueError(f"replay_timeout must be > 0, got {replay_timeout!r}")
+        self._tokens = TokenSource(access_token, token_provider, self._redactor)
+        self._provider = token_provider
+        secrets = getattr(token_provider, "secrets", None)
+        if secrets:
+            self._register_secret(*secrets)
+        self.replay_timeout = replay_timeout
+        self.poll_pnl = poll_pnl
+        self.sequence_store = sequence_store
+        self.store_interval = store_interval
+        self._marks: Dict[str, Mark] = {}
+        self._saved_marks: Optional[Dict[str, Mark]] = None
+        if marks:
+            self.restore_marks(marks)
+
+    @classmethod
+    def client_credentials(
+        cls,
+        client_id: str,
+        client_secret: str,
+        auth_url: str = "https://auth.clearstreet.io/oauth/token",
+        audience: str = "https://api.clearstreet.io",
+        **kwargs: Any,
+    ) -> ClientCredentials:
+        """A token provider for ``token_provider=``: OAuth2 client credentials, cached until
+        shortly before ``expires_in`` (see :class:`ClientCredentials` for the options)."""
+        return ClientCredentials(client_id, client_secret, auth_url, audience, **kwargs)
+
+    # ------------------------------------------------------------- callbacks
+    def on_replay_complete(self, fn: F) -> F:
+        """Call ``fn(done: ReplayComplete)`` when an account's replay is over (``done.account``)."""
+        return self.on("replay_complete", fn)
+
+    def on_locate(self, fn: F) -> F:
+        """Call ``fn(inventory: LocateInventory)`` for every ``locate-inventory-update``."""
+        return self.on("locate", fn)
+
+    # ------------------------------------------------------------- subscriptions
+    def subscribe_activity(self, account_id: str) -> None:
+        """Stream ``account_id``'s activity (call once per account; any number of accounts)."""
+        account_id = str(account_id).strip()
+        if not account_id:
+            raise ValueError("account_id is required")
+        self._subscribe(Subscription(_ACTIVITY, account_id))
+
+    def unsubscribe_activity(self, account_id: str) -> bool:
+        """Stop ``account_id``. The protocol has no unsubscribe: the connection is recycled."""
+        return self._unsubscribe(_ACTIVITY, str(account_id).strip())
+
+    @property
+    def accounts(self) -> Tuple[str, ...]:
+        """The accounts subscribed (what is re-sent after every reconnect)."""
+        return tuple(s.key for s in self.subscriptions if s.kind == _ACTIVITY)
+
+    # ------------------------------------------------------------- marks
+    @property
+    def marks(self) -> Dict[str, Mark]:
+        """The per-account sequence marks: ``{account: {"sequence": n, "trading_day": day}}``."""
+        with self._lock:
+            protocol = self._protocol
+            if isinstance(protocol, ClearStreetProtocol):
+                return protocol.export_marks()
+            return {k: dict(v) for k, v in self._marks.items()}
+
+    def restore_marks(self, marks: Mapping[str, Any]) -> None:
+        """Adopt marks saved from an earlier run (before :meth:`start`, or while running)."""
+        scratch = ClearStreetProtocol(marks=self._marks)
+        scratch.restore_marks(marks)
+        with self._lock:
+            self._marks = scratch.export_marks()
+            protocol = self._protocol
+            if isinstance(protocol, ClearStreetProtocol):
+                protocol.restore_marks(marks)
+
+    def stop(self, timeout: float = 5.0) -> bool:
+        ended = super().stop(timeout)
+        self._save_marks()
+        return ended
+
+    # ------------------------------------------------------------- engine hooks
+    def _new_protocol(self) -> ClearStreetProtocol:
+        previous = self._protocol
+        if isinstance(previous, ClearStreetProtocol):
+            self._marks = previous.export_marks()  # a restarted feed keeps its marks
+        if self.sequence_store is not None:
+            scratch = ClearStreetProtocol(marks=self._marks)
+            scratch.restore_marks(self.sequence_store.load() or {})
+            self._marks = scratch.export_marks()
+        self._saved_marks = {k: dict(v) for k, v in self._marks.items()}
+        return ClearStreetProtocol(self.replay_timeout, marks=self._marks)
+
+    def _connect_target(self) -> ConnectTarget:
+        with self._lock:
+            protocol = self._protocol
+            refused = isinstance(protocol, ClearStreetProtocol) and protocol.token_refused
+            if refused:
+                protocol.token_refused = False  # type: ignore[union-attr]
+        if refused:  # the server refused the last token: do not reuse a cached one
+            invalidate = getattr(self._provider, "invalidate", None)
+            if callable(invalidate):
+                invalidate()
+        try:
+            token = self._tokens.current()
+        except BrokerFeedsError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a user's provider failing is a connect failure
+            raise ConnectionFailed(self._redactor.redact(f"token provider failed: {type(exc).__name__}: {exc}")) \
+                from None
+        self._register_secret(token)
+        with self._lock:
+            if isinstance(self._protocol, ClearStreetProtocol):
+                self._protocol.token = token
+        return ConnectTarget(self.url)
+
+    def _retry_auth(self, error: AuthenticationError) -> bool:
+        invalidate = getattr(self._provider, "invalidate", None)
+        if callable(invalidate):
+            invalidate()
+        try:
+            return self._tokens.refresh()
+        except Exception:  # noqa: BLE001
+            return False
+
+    def _periodic_jobs(self) -> Sequence[Tuple[float, Callable[[], Sequence[Output]], str, bool]]:
+        jobs: List[Tuple[float, Callable[[], Sequence[Output]], str, bool]] = []
+        if self.poll_pnl:
+            jobs.append((self.poll_pnl, self._poll_pnl, "pnl poll", True))
+        if self.sequence_store is not None:
+            jobs.append((self.store_interval, lambda: (self._save_marks(), ())[1], "mark store", False))
+        return jobs
+
+    def _after_ready(self, reconnect: bool) -> Sequence[Output]:
+        if self.poll_pnl:
+            self._poll_pnl()
+        return ()
+
+    def _poll_pnl(self) -> Sequence[Output]:
+        for account in self.accounts:
+            body = self._rest_with_token("GET", f"accounts/{account}/pnl-summary")
+            self._apply(lambda protocol, a=account, b=body: protocol.pnl_update(a, b))  # type: ignore[attr-defined]
+        return ()
+
+    def _rest_with_token(self, method: str, path: str) -> Any:
+        """A REST call with the bearer token; one retry with a fresh token after a 401/403."""
+        for attempt in range(2):
+            token = self._tokens.current()
+            try:
+                return self.rest.request(method, path, headers={"Authorization": f"Bearer {token}"})
+            except AuthenticationError:
+                if attempt or not self._retry_auth(AuthenticationError("REST refused the token")):
+                    raise
+        return None  # pragma: no cover
+
+    def _save_marks(self) -> None:
+        store = self.sequence_store
+        if store is None:
+            return
+        marks = self.marks
+        if marks == self._saved_marks:
+            return
+        try:
+            store.save(marks)
+        except Exception as exc:  # noqa: BLE001 - a failing store must not take the feed down
+            self._log.warning("saving sequence marks failed: %r", exc)
+            self._dispatcher.put("error", BrokerFeedsError(f"saving sequence marks failed: {exc!r}"))
+            return
+        self._saved_marks = marks
+
+    def _rest_error_text(self, body: Any) -> Optional[str]:
+        if isinstance(body, dict):  # RFC 9457 problem details
+            return to_text(first(body.get("detail"), body.get("title"), body.get("message"), body.get("error")))
+        return None
+
+    def _extra_stats(self) -> Dict[str, int]:
+        protocol = self._protocol
+        if isinstance(protocol, ClearStreetProtocol):
+            return dict(protocol.counters)
+        return {}
