@@ -567,6 +567,7 @@ class Feed:
         elif kind is NotReady:
             with self._lock:
                 self._ready = False
+            self._unready_since = _monotonic()
             self._log.warning("session not usable: %s", out.reason)
             self._set_state("connecting")
         elif kind is Reconnect:
@@ -629,6 +630,8 @@ class Feed:
                     self._fail(exc)
                     break
                 except BrokerFeedsError as exc:
+                    if self._stop_event.is_set():
+                        break
                     failures += 1
                     self._report(exc)
                     if policy.gives_up(failures):
@@ -646,8 +649,9 @@ class Feed:
                 failures = 0 if healthy else failures
                 if self._stop_event.is_set():
                     if self._has_connected:
+                        why = str(self._fatal_error) if self._fatal_error is not None else "stopped"
                         self._dispatcher.put("disconnect", ev.Disconnected(
-                            broker=self.broker, reason="stopped", will_reconnect=False))
+                            broker=self.broker, reason=why, will_reconnect=False))
                     break
                 self._reconnects += 1
                 self._log.info("connection lost: %s", reason)
@@ -686,9 +690,12 @@ class Feed:
             try:
                 target = self._connect_target()
                 self._log.info("connecting to %s", self._redactor.redact(target.url))
-                conn = Connection.open(target, timeout=self.connect_timeout, verify=self.verify)
-            except AuthenticationError as exc:
-                if self._stop_event.is_set() or not self._retry_auth(exc):
+                conn = Connection.open(target, timeout=self.connect_timeout, verify=self.verify,
+                                       started=self._connecting)
+            except BrokerFeedsError as exc:
+                with self._lock:
+                    self._conn = None
+                if not isinstance(exc, AuthenticationError) or self._stop_event.is_set() or not self._retry_auth(exc):
                     raise
                 self._log.info("credentials rejected; retrying with refreshed credentials")
                 continue
@@ -699,6 +706,13 @@ class Feed:
                 self._conn = conn
             return conn
         raise AuthenticationError("credentials rejected again after a refresh")
+
+    def _connecting(self, conn: Connection) -> None:
+        """Remember a connection still in its handshake, so stop() can abort it."""
+        with self._lock:
+            self._conn = conn
+        if self._stop_event.is_set():
+            conn.abort()
 
     def _serve(self, conn: Connection) -> Tuple[str, bool]:
         """Read frames until the connection ends; returns ``(reason, immediate)``."""
@@ -714,6 +728,7 @@ class Feed:
         next_tick = now + tick
         next_heartbeat = now + self.heartbeat_interval
         next_ping = now + (self.ping_interval or 0)
+        self._unready_since = now
         reason = "closed"
         with lock:
             outputs = protocol.on_open(now)
@@ -727,7 +742,7 @@ class Feed:
                         break
                     if self._reconnect_request is not None:
                         break
-                    if not self._ready and now - opened > self.auth_timeout:
+                    if not self._ready and now - self._unready_since > self.auth_timeout:
                         reason = f"not authenticated within {self.auth_timeout:g}s"
                         break
                     with lock:
@@ -828,6 +843,7 @@ class Feed:
 
     # ================================================================ internals
     _debug = False
+    _unready_since = 0.0
 
     def _threads(self) -> List[threading.Thread]:
         return [t for t in (self._io_thread, self._rest_thread, self._dispatcher.thread) if t is not None]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import socket
 import ssl
-from typing import Any, Dict, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Optional, Tuple, Union
 
 import attrs
 import websocket
@@ -66,16 +66,22 @@ class Connection:
         *,
         timeout: float,
         verify: Union[bool, str],
+        started: Optional[Callable[["Connection"], None]] = None,
     ) -> "Connection":
         """Connect and complete the handshake, or raise.
 
         Raises :class:`AuthenticationError` for a 401/403 handshake answer,
         :class:`RateLimited` for 429, :class:`ConnectionFailed` for anything else.
         Messages never include the URL (it may carry a one-time code or token).
+        ``started`` receives the connection before the handshake, so another thread can
+        :meth:`abort` a connect that hangs.
         """
         ws = websocket.WebSocket(
             sslopt=ssl_options(verify), skip_utf8_validation=True, enable_multithread=True
         )
+        conn = cls(ws)
+        if started is not None:
+            started(conn)
         options: Dict[str, Any] = {"timeout": timeout, "header": list(target.headers)}
         if target.cookie is not None:
             options["cookie"] = target.cookie
@@ -94,7 +100,7 @@ class Connection:
         except (OSError, websocket.WebSocketException, ValueError) as exc:
             ws.shutdown()
             raise ConnectionFailed(f"connect failed: {type(exc).__name__}: {_short_exc(exc)}") from None
-        return cls(ws)
+        return conn
 
     def recv(self, timeout: float) -> Optional[Tuple[int, bytes]]:
         """The next frame as ``(opcode, data)``, or None if ``timeout`` passed first.
@@ -147,11 +153,13 @@ class Connection:
             self._ws.shutdown()
 
     def abort(self) -> None:
-        """Wake a thread blocked in :meth:`recv` by shutting the socket down."""
-        try:
-            self._ws.abort()
-        except Exception:  # noqa: BLE001
-            pass
+        """Wake a thread blocked in :meth:`recv` (or in the handshake) by shutting the socket down."""
+        sock = self._ws.sock
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except (OSError, AttributeError):
+                pass  # already closed
 
 
 def _close_code(data: bytes) -> Optional[int]:

@@ -417,3 +417,42 @@ def test_info_log_for_connects_and_resubscribes(make_feed, sim, caplog):
     sim.drop()
     wait_until(lambda: "re-sent 1 subscription" in caplog.text)
     assert "connected; sent 1 subscription" in caplog.text
+
+
+def test_stop_aborts_a_handshake_the_server_never_answers(sim):
+    import socket
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(1)  # accepts TCP, never answers the WebSocket handshake
+    try:
+        feed = IbkrFeed(url=f"ws://127.0.0.1:{silent.getsockname()[1]}/v1/api/ws", rest_url=sim.rest_url,
+                        connect_timeout=30, reconnect=FAST_RECONNECT)
+        errors = []
+        feed.on_error(errors.append)
+        feed.start()
+        time.sleep(0.3)
+        started = time.monotonic()
+        assert feed.stop(timeout=3) is True
+        assert time.monotonic() - started < 2
+        assert not feed_threads() and errors == []
+    finally:
+        silent.close()
+
+
+def test_a_handshake_timeout_is_retried(sim):
+    import socket
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(5)
+    try:
+        feed = IbkrFeed(url=f"ws://127.0.0.1:{silent.getsockname()[1]}/v1/api/ws", rest_url=sim.rest_url,
+                        connect_timeout=0.2, reconnect=FAST_RECONNECT)
+        errors = []
+        feed.on_error(errors.append)
+        with feed:
+            wait_until(lambda: len(errors) >= 2)
+        assert all(isinstance(e, ConnectionFailed) for e in errors)
+    finally:
+        silent.close()
