@@ -1,0 +1,736 @@
+"""Upstox portfolio stream feed: sans-I/O adapter and feed.
+
+Protocol notes (see the project's protocols/upstox.md for sources):
+
+* Connect: ``GET {rest_url}/v2/feed/portfolio-stream-feed/authorize?update_types=...``
+  with ``Authorization: Bearer <access_token>`` returns a **single-use**
+  ``authorized_redirect_uri`` (``wss://.../order-updates/feed?requestId=..&code=..``).
+  Every connect (first and each reconnect) authorizes again; a URI is never reused.
+* The subscription is fixed at authorize time by ``update_types`` (``order``,
+  ``position``, ``holding``, ``gtt_order``; the broker's default is ``order`` only).
+  There is no subscribe message: changing the set re-authorizes and reconnects.
+* The client never sends a frame. The server sends one flat JSON object per text frame,
+  keyed by ``update_type``, and WebSocket pings when idle. There is no application
+  heartbeat: an idle portfolio socket can be silent for hours, so liveness is the
+  server's pings plus our own pings (answered by pongs), never "no data for N s".
+* No snapshot on connect and no replay: after every (re)connect the feed reconciles
+  from REST (order book, positions, holdings, GTT orders) and emits only what changed.
+* The access token dies at 03:30 IST every day. With a ``token_provider`` the feed
+  re-authorizes with a fresh token at that time.
+* Timestamps are ``"YYYY-MM-DD HH:MM:SS"`` in IST without an offset (made timezone-aware
+  here); GTT times are epoch **microseconds**.
+
+Order status mapping (Upstox's lowercase phrases → :class:`~brokerfeeds.events.OrderStatus`):
+
+=========================================  =============================================
+Upstox ``status``                          OrderStatus
+=========================================  =============================================
+put order req received                     PENDING
+validation pending                         PENDING
+open pending                               PENDING
+after market order req received            PENDING
+modify after market order req received     PENDING
+open                                       OPEN (PARTIALLY_FILLED once something filled)
+trigger pending                            OPEN (PARTIALLY_FILLED once something filled)
+modify validation pending                  OPEN (PARTIALLY_FILLED once something filled)
+modify pending                             OPEN (PARTIALLY_FILLED once something filled)
+modified                                   OPEN (PARTIALLY_FILLED once something filled)
+not modified                               OPEN (PARTIALLY_FILLED once something filled)
+cancel pending                             OPEN (still working until the cancel is done)
+not cancelled                              OPEN (PARTIALLY_FILLED once something filled)
+complete                                   FILLED
+rejected                                   REJECTED
+cancelled                                  CANCELLED
+cancelled after market order               CANCELLED
+anything else                              UNKNOWN
+=========================================  =============================================
+
+Fills: the feed has no trade event. A :class:`~brokerfeeds.events.Trade` is derived from
+every increase of an order's ``filled_quantity`` (its price from the change of
+``average_price``); ``trade_id`` is ``"<order_id>:<filled quantity after the fill>"``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import threading
+from decimal import Decimal
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, TypeVar, Union
+from urllib.parse import parse_qs, urlsplit
+
+from ..auth import TokenProvider, TokenSource
+from ..errors import AuthenticationError, BrokerFeedsError, ConnectionFailed, ProtocolError
+from ..events import GttOrder, Holding, Order, OrderStatus, PnL, Position, Side, Trade
+from ..feed import Feed
+from ..protocol import Output, Protocol, RawMessage, Reconnect, Subscription, excerpt, first
+from ..state import ChangeTracker, FillTracker, OrderTracker
+from ..transport import ConnectTarget
+from ..values import loads, to_decimal, to_text
+
+__all__ = [
+    "UpstoxFeed",
+    "UpstoxProtocol",
+    "STATUS_MAP",
+    "UPDATE_TYPES",
+    "IST",
+    "parse_ist",
+    "next_token_expiry",
+    "order_from",
+]
+
+BROKER = "upstox"
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: India Standard Time (no daylight saving), the zone of Upstox's offset-less timestamps.
+IST = _dt.timezone(_dt.timedelta(hours=5, minutes=30), "IST")
+
+AUTHORIZE_PATH = "v2/feed/portfolio-stream-feed/authorize"
+ORDERS_PATH = "v2/order/retrieve-all"
+POSITIONS_PATH = "v2/portfolio/short-term-positions"
+HOLDINGS_PATH = "v2/portfolio/long-term-holdings"
+GTT_PATH = "v3/order/gtt"
+PROFILE_PATH = "v2/user/profile"
+
+#: Subscription kind → Upstox ``update_type``, in the order they are sent.
+UPDATE_TYPES: Dict[str, str] = {
+    "orders": "order",
+    "positions": "position",
+    "holdings": "holding",
+    "gtt_orders": "gtt_order",
+}
+
+_PENDING, _OPEN = OrderStatus.PENDING, OrderStatus.OPEN
+STATUS_MAP: Dict[str, OrderStatus] = {
+    "put order req received": _PENDING,
+    "validation pending": _PENDING,
+    "open pending": _PENDING,
+    "after market order req received": _PENDING,
+    "modify after market order req received": _PENDING,
+    "open": _OPEN,
+    "trigger pending": _OPEN,
+    "modify validation pending": _OPEN,
+    "modify pending": _OPEN,
+    "modified": _OPEN,
+    "not modified": _OPEN,
+    "cancel pending": _OPEN,
+    "not cancelled": _OPEN,
+    "complete": OrderStatus.FILLED,
+    "rejected": OrderStatus.REJECTED,
+    "cancelled": OrderStatus.CANCELLED,
+    "cancelled after market order": OrderStatus.CANCELLED,
+}
+
+#: Segments (``NSE_EQ``) as sent on positions and GTT orders → the exchange names orders use.
+_SEGMENT_EXCHANGE: Dict[str, str] = {
+    "NSE_EQ": "NSE", "NSE_INDEX": "NSE", "NSE_FO": "NFO", "NCD_FO": "CDS", "NSE_COM": "NSE",
+    "BSE_EQ": "BSE", "BSE_INDEX": "BSE", "BSE_FO": "BFO", "BCD_FO": "BCD", "MCX_FO": "MCX",
+    "MCX_INDEX": "MCX",
+}
+_SIDES = {"BUY": Side.BUY, "B": Side.BUY, "SELL": Side.SELL, "S": Side.SELL}
+
+
+# ================================================================ value helpers
+def parse_ist(value: Any) -> Optional[_dt.datetime]:
+    """An Upstox timestamp as a timezone-aware datetime (offset-less values are IST)."""
+    text = to_text(value)
+    if text is None:
+        return None
+    parsed: Optional[_dt.datetime] = None
+    try:
+        parsed = _dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        for fmt in ("%d-%m-%Y %H:%M:%S", "%d-%b-%Y %H:%M:%S"):
+            try:
+                parsed = _dt.datetime.strptime(text, fmt)
+                break
+            except ValueError:
+                continue
+    if parsed is None:
+        return None
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=IST)
+
+
+def from_epoch_us(value: Any) -> Optional[_dt.datetime]:
+    """A UTC datetime from epoch microseconds (GTT ``created_at`` / ``expires_at``)."""
+    number = to_decimal(value)
+    if number is None:
+        return None
+    try:
+        return _dt.datetime.fromtimestamp(float(number) / 1_000_000.0, tz=_dt.timezone.utc)
+    except (OverflowError, OSError, ValueError):
+        return None
+
+
+def next_token_expiry(after: _dt.datetime) -> _dt.datetime:
+    """The first 03:30 IST strictly after ``after`` (when an Upstox access token dies)."""
+    local = after.astimezone(IST)
+    expiry = local.replace(hour=3, minute=30, second=0, microsecond=0)
+    if expiry <= local:
+        expiry += _dt.timedelta(days=1)
+    return expiry
+
+
+def map_status(word: Optional[str], filled: Optional[Decimal], quantity: Optional[Decimal]) -> OrderStatus:
+    """Upstox's status phrase (and fill progress) as an :class:`OrderStatus`."""
+    status = STATUS_MAP.get(" ".join((word or "").lower().replace("_", " ").split()), OrderStatus.UNKNOWN)
+    if status is OrderStatus.OPEN and filled and quantity and 0 < filled < quantity:
+        return OrderStatus.PARTIALLY_FILLED
+    return status
+
+
+def _exchange(value: Any) -> Optional[str]:
+    text = to_text(value)
+    if text is None:
+        return None
+    return _SEGMENT_EXCHANGE.get(text.upper(), text.split("_")[0].upper() if "_" in text else text)
+
+
+def _side(value: Any) -> Optional[Side]:
+    return _SIDES.get(str(value).upper()) if value is not None else None
+
+
+def _nonzero(value: Any) -> Optional[Decimal]:
+    number = to_decimal(value)
+    return number if number else None
+
+
+def _instrument(raw: Dict[str, Any]) -> Optional[str]:
+    return to_text(first(raw.get("instrument_key"), raw.get("instrument_token")))
+
+
+def _rows(reply: Any) -> List[Dict[str, Any]]:
+    """The list of row dicts inside a REST ``{"status": "success", "data": [...]}`` reply."""
+    data = reply.get("data") if isinstance(reply, dict) else reply
+    if isinstance(data, dict):  # some endpoints wrap a single object
+        data = [data]
+    return [row for row in data if isinstance(row, dict)] if isinstance(data, list) else []
+
+
+def order_from(raw: Dict[str, Any], account: Optional[str] = None) -> Order:
+    """An :class:`Order` from an Upstox order dict (feed ``order`` update or REST order book row)."""
+    quantity = to_decimal(raw.get("quantity"))
+    filled = to_decimal(raw.get("filled_quantity"))
+    status_word = to_text(raw.get("status"))
+    return Order(
+        broker=BROKER,
+        account=to_text(first(raw.get("user_id"), raw.get("userId"), raw.get("placed_by"), account)),
+        order_id=str(raw["order_id"]),
+        symbol=to_text(first(raw.get("trading_symbol"), raw.get("tradingsymbol"), _instrument(raw))),
+        side=_side(raw.get("transaction_type")),
+        quantity=quantity,
+        filled_quantity=filled,
+        remaining_quantity=to_decimal(raw.get("pending_quantity")),
+        price=_nonzero(raw.get("price")),
+        avg_price=_nonzero(raw.get("average_price")) if filled else None,
+        order_type=to_text(raw.get("order_type")),
+        status=map_status(status_word, filled, quantity),
+        broker_status=status_word,
+        time=parse_ist(first(raw.get("exchange_timestamp"), raw.get("order_timestamp"))),
+        exchange=_exchange(raw.get("exchange")),
+        raw=dict(raw),
+    )
+
+
+# ================================================================ the adapter
+class UpstoxProtocol(Protocol):
+    """Sans-I/O adapter for the portfolio stream feed.
+
+    ``authorized`` is the set of ``update_types`` the current connection was authorized
+    for (the feed sets it before each connect); asking for anything else while
+    connected answers :class:`Reconnect`, since the protocol has no subscribe message.
+    """
+
+    broker = BROKER
+    ready_on_open = True
+
+    def __init__(self, account: Optional[str] = None) -> None:
+        self.account = account
+        self.authorized: frozenset = frozenset()
+        self.orders = OrderTracker()
+        self.fills = FillTracker()
+        self.positions: ChangeTracker[Position] = ChangeTracker()
+        self.holdings: ChangeTracker[Holding] = ChangeTracker()
+        self.pnl: ChangeTracker[PnL] = ChangeTracker()
+        self._gtt: ChangeTracker[Tuple[Any, ...]] = ChangeTracker()
+        self._symbols: Dict[str, str] = {}  # instrument_key -> trading symbol, learned as we go
+        self._handlers: Dict[str, Callable[[Dict[str, Any]], List[Output]]] = {
+            "order": self._on_order,
+            "position": lambda m: self._positions([m], snapshot=False),
+            "holding": lambda m: self._holdings([m], snapshot=False),
+            "gtt_order": lambda m: self.gtt_from([m]),
+        }
+
+    # ------------------------------------------------------------- subscriptions
+    def subscribe(self, subs: Sequence[Subscription], now: float) -> List[Output]:
+        wanted = {UPDATE_TYPES[s.kind] for s in subs if s.kind in UPDATE_TYPES}
+        if wanted - self.authorized:
+            return [Reconnect("update_types changed: re-authorizing", immediate=True)]
+        return []
+
+    def unsubscribe(self, subs: Sequence[Subscription], now: float) -> List[Output]:
+        dropped = {UPDATE_TYPES[s.kind] for s in subs if s.kind in UPDATE_TYPES}
+        if dropped & self.authorized:
+            return [Reconnect("update_types changed: re-authorizing", immediate=True)]
+        return []
+
+    # ------------------------------------------------------------- incoming
+    def on_frame(self, data: bytes, binary: bool, now: float) -> List[Output]:
+        try:
+            message = loads(data)
+        except ValueError:
+            raise ProtocolError("frame is not JSON", excerpt(data)) from None
+        out: List[Output] = [RawMessage(message)]
+        if not isinstance(message, dict):
+            return out
+        account = to_text(first(message.get("user_id"), message.get("userId")))
+        if account is not None and self.account is None:
+            self.account = account
+        handler = self._handlers.get(str(message.get("update_type")))
+        if handler is None and "update_type" not in message and "order_id" in message and "status" in message:
+            handler = self._on_order  # the older webhook-style order sample had no update_type
+        if handler is not None:
+            out.extend(handler(message))
+        return out  # unknown update_type: on_message only
+
+    def _on_order(self, raw: Dict[str, Any]) -> List[Output]:
+        return self.merge_orders([raw], derive_fills=True)
+
+    # ------------------------------------------------------------- orders
+    def merge_orders(self, rows: Iterable[Any], derive_fills: bool = True) -> List[Output]:
+        """An :class:`Order` for each row that changed, plus a :class:`Trade` per new fill.
+
+        With ``derive_fills=False`` (the first snapshot after start) fills already in the
+        rows are recorded as known history and produce no :class:`Trade`. A row older
+        than what the stream already said is ignored (the tracker refuses regressions).
+        """
+        out: List[Output] = []
+        for raw in rows:
+            if not isinstance(raw, dict) or raw.get("order_id") in (None, ""):
+                continue
+            order = self.orders.update_order(order_from(raw, self.account))
+            if order is None:
+                continue
+            instrument = _instrument(raw)
+            if instrument and order.symbol and order.symbol != instrument:
+                self._symbols.setdefault(instrument, order.symbol)
+            out.append(order)
+            if not derive_fills:
+                self.fills.seed(order)
+                continue
+            fill = self.fills.observe(order)
+            if fill is not None:
+                quantity, price = fill
+                out.append(Trade(
+                    broker=BROKER,
+                    account=order.account,
+                    trade_id=f"{order.order_id}:{order.filled_quantity}",
+                    order_id=order.order_id,
+                    symbol=order.symbol,
+                    side=order.side,
+                    quantity=quantity,
+                    price=price,
+                    time=order.time,
+                    exchange=order.exchange,
+                    raw=raw,
+                ))
+        return out
+
+    # ------------------------------------------------------------- positions and P&L
+    def positions_from(self, rows: Iterable[Any]) -> List[Output]:
+        """Positions from a full REST snapshot: changed ones, and closed ones once (quantity 0)."""
+        return self._positions(rows, snapshot=True)
+
+    def _symbol(self, raw: Dict[str, Any]) -> str:
+        """The symbol for a position / holding / GTT row.
+
+        The feed's position and holding updates carry no symbol, REST rows do, and
+        orders, REST positions and REST holdings may spell it differently (``NHPC-EQ``,
+        ``NHPC``). The first symbol learned for an instrument is kept and used for it
+        everywhere, so a REST snapshot never looks like a change only because of that.
+        """
+        instrument = _instrument(raw)
+        symbol = to_text(first(raw.get("trading_symbol"), raw.get("tradingsymbol")))
+        if instrument is None:
+            return symbol or "?"
+        if symbol is not None:
+            self._symbols.setdefault(instrument, symbol)
+        return self._symbols.get(instrument) or instrument
+
+    def _positions(self, rows: Iterable[Any], snapshot: bool) -> List[Output]:
+        out: List[Output] = []
+        seen = set()
+        for raw in rows:
+            if not isinstance(raw, dict) or _instrument(raw) is None:
+                continue
+            instrument = _instrument(raw)
+            key = (instrument, to_text(raw.get("product")))
+            seen.add(key)
+            quantity = to_decimal(raw.get("quantity"))
+            avg = _nonzero(raw.get("average_price"))
+            if avg is None and quantity:
+                avg = _nonzero(raw.get("buy_price") if quantity > 0 else raw.get("sell_price"))
+            position = Position(
+                broker=BROKER,
+                account=self.account,
+                symbol=self._symbol(raw),
+                quantity=quantity,
+                avg_price=avg,
+                realized_pnl=to_decimal(raw.get("realised")),
+                unrealized_pnl=to_decimal(raw.get("unrealised")),
+                exchange=_exchange(raw.get("exchange")),
+                instrument=instrument,
+                raw=raw,
+            )
+            if self.positions.update(key, position) is not None:
+                out.append(position)
+        if snapshot:
+            for key in self.positions.keys():
+                if key in seen:
+                    continue
+                closed = self.positions.get(key)
+                self.positions.forget(key)
+                if closed is not None and closed.quantity:
+                    out.append(Position(broker=BROKER, account=closed.account, symbol=closed.symbol,
+                                        quantity=Decimal(0), realized_pnl=closed.realized_pnl,
+                                        unrealized_pnl=Decimal(0) if closed.unrealized_pnl is not None else None,
+                                        exchange=closed.exchange, instrument=closed.instrument, raw=None))
+        return out
+
+    def pnl_from(self, rows: Iterable[Any]) -> List[Output]:
+        """Account P&L totals from REST position rows (a :class:`PnL` only if they changed).
+
+        ``daily_pnl`` sums ``pnl``, ``realized_pnl`` ``realised``, ``unrealized_pnl``
+        ``unrealised``; ``market_value`` sums ``quantity * last_price * multiplier``.
+        """
+        rows = [r for r in rows if isinstance(r, dict)]
+        totals: Dict[str, Optional[Decimal]] = {"pnl": None, "realised": None, "unrealised": None, "mv": None}
+        for raw in rows:
+            for name in ("pnl", "realised", "unrealised"):
+                value = to_decimal(raw.get(name))
+                if value is not None:
+                    totals[name] = (totals[name] or Decimal(0)) + value
+            quantity, last = to_decimal(raw.get("quantity")), to_decimal(raw.get("last_price"))
+            if quantity is not None and last is not None:
+                multiplier = to_decimal(raw.get("multiplier")) or Decimal(1)
+                totals["mv"] = (totals["mv"] or Decimal(0)) + quantity * last * multiplier
+        if not rows:
+            totals = {name: Decimal(0) for name in totals}
+        pnl = PnL(broker=BROKER, account=self.account, daily_pnl=totals["pnl"],
+                  realized_pnl=totals["realised"], unrealized_pnl=totals["unrealised"],
+                  market_value=totals["mv"], raw=rows)
+        return [pnl] if self.pnl.update(self.account, pnl) is not None else []
+
+    # ------------------------------------------------------------- holdings
+    def holdings_from(self, rows: Iterable[Any]) -> List[Output]:
+        """Holdings from a full REST snapshot: changed ones, and sold-out ones once (quantity 0)."""
+        return self._holdings(rows, snapshot=True)
+
+    def _holdings(self, rows: Iterable[Any], snapshot: bool) -> List[Output]:
+        out: List[Output] = []
+        seen = set()
+        for raw in rows:
+            if not isinstance(raw, dict):
+                continue
+            instrument = to_text(first(_instrument(raw), raw.get("isin")))
+            if instrument is None:
+                continue
+            seen.add(instrument)
+            holding = Holding(
+                broker=BROKER,
+                account=self.account,
+                symbol=self._symbol(raw),
+                quantity=to_decimal(raw.get("quantity")),
+                avg_price=to_decimal(raw.get("average_price")),
+                exchange=_exchange(raw.get("exchange")),
+                instrument=instrument,
+                raw=raw,
+            )
+            if self.holdings.update(instrument, holding) is not None:
+                out.append(holding)
+        if snapshot:
+            for key in self.holdings.keys():
+                if key in seen:
+                    continue
+                gone = self.holdings.get(key)
+                self.holdings.forget(key)
+                if gone is not None and gone.quantity:
+                    out.append(Holding(broker=BROKER, account=gone.account, symbol=gone.symbol,
+                                       quantity=Decimal(0), avg_price=gone.avg_price, exchange=gone.exchange,
+                                       instrument=gone.instrument, raw=None))
+        return out
+
+    # ------------------------------------------------------------- GTT orders
+    def gtt_from(self, rows: Iterable[Any]) -> List[Output]:
+        """A :class:`GttOrder` for each GTT order (feed update or REST row) that changed.
+
+        ``status`` is the ENTRY rule's status (the first rule's if there is no ENTRY);
+        ``side`` is that rule's ``transaction_type``; ``rules`` holds every rule as sent.
+        """
+        out: List[Output] = []
+        for raw in rows:
+            if not isinstance(raw, dict) or raw.get("gtt_order_id") in (None, ""):
+                continue
+            gtt_id = str(raw["gtt_order_id"])
+            rules = [r for r in raw.get("rules") or () if isinstance(r, dict)]
+            entry = next((r for r in rules if str(r.get("strategy", "")).upper() == "ENTRY"),
+                         rules[0] if rules else {})
+            signature = (
+                to_text(raw.get("type")), to_decimal(raw.get("quantity")), to_text(raw.get("expires_at")),
+                tuple((to_text(r.get("strategy")), to_text(r.get("status")), to_decimal(r.get("trigger_price")),
+                       to_text(r.get("order_id")), to_text(r.get("transaction_type"))) for r in rules),
+            )
+            if self._gtt.update(gtt_id, signature) is None:
+                continue
+            out.append(GttOrder(
+                broker=BROKER,
+                account=self.account,
+                gtt_order_id=gtt_id,
+                symbol=self._symbol(raw),
+                side=_side(entry.get("transaction_type")),
+                quantity=to_decimal(raw.get("quantity")),
+                gtt_type=to_text(raw.get("type")),
+                status=to_text(entry.get("status")),
+                rules=rules,
+                time=from_epoch_us(raw.get("created_at")),
+                raw=raw,
+            ))
+        return out
+
+
+# ================================================================ the feed
+class UpstoxFeed(Feed):
+    """Upstox portfolio stream feed: orders, fills, positions, holdings, GTT orders.
+
+    Pass exactly one of ``access_token`` (the daily token) or ``token_provider`` (a
+    zero-argument callable returning the current token: called before every connect,
+    once more after a rejection, and at the daily 03:30 IST expiry, when the feed
+    re-authorizes with the fresh token). A rejected token with no new one from the
+    provider stops the feed with :class:`~brokerfeeds.errors.AuthenticationError`.
+
+    ``rest_url`` is the API base (``https://api.upstox.com``); the socket URL is the
+    one-time URI the authorize endpoint returns, so ``url`` is informational only.
+    ``poll_pnl`` (seconds) polls REST positions for :class:`PnL` totals and per-position
+    P&L (the socket carries no P&L). Liveness: we ping every ``ping_interval`` seconds
+    and the server pings us; no frame at all (data, ping or pong) for ``stale_after``
+    seconds means the connection is dead. Callbacks: ``on_order``, ``on_trade``
+    (derived fills), ``on_position``, ``on_holding``, ``on_pnl``, ``on_gtt_order``,
+    and the engine's ``on_connect`` / ``on_disconnect`` / ``on_error`` / ``on_message``.
+    """
+
+    broker = BROKER
+    #: How often (seconds) the REST thread checks for the 03:30 IST token expiry.
+    expiry_check_interval: float = 30.0
+
+    def __init__(
+        self,
+        access_token: Optional[str] = None,
+        token_provider: Optional[TokenProvider] = None,
+        rest_url: str = "https://api.upstox.com",
+        *,
+        url: str = "wss://api.upstox.com/v2/feed/portfolio-stream-feed",
+        verify: Union[bool, str] = True,
+        ping_interval: Optional[float] = 20.0,
+        stale_after: float = 45.0,
+        poll_pnl: Optional[float] = None,
+        **kwargs: Any,
+    ) -> None:
+        if poll_pnl is not None and poll_pnl <= 0:
+            raise ValueError(f"poll_pnl must be > 0 or None, got {poll_pnl!r}")
+        super().__init__(url=url, rest_url=rest_url, verify=verify, ping_interval=ping_interval,
+                         stale_after=stale_after, **kwargs)
+        self._tokens = TokenSource(access_token, token_provider, self._redactor)
+        self._has_provider = token_provider is not None
+        self.poll_pnl = poll_pnl
+        self._token: Optional[str] = access_token
+        self._authorizations = 0
+        self._stage = "authorize"
+        self._account: Optional[str] = None
+        self._token_expires_at: Optional[_dt.datetime] = None
+        self._account_lock = threading.Lock()
+
+    # ------------------------------------------------------------- callbacks
+    def on_gtt_order(self, fn: F) -> F:
+        """Call ``fn(gtt: GttOrder)`` when a GTT order (or one of its rules) changes."""
+        return self.on("gtt_order", fn)
+
+    # ------------------------------------------------------------- subscriptions
+    @property
+    def update_types(self) -> Tuple[str, ...]:
+        """The ``update_types`` the next connect authorizes (``("order",)`` if none chosen,
+        the broker's default)."""
+        kinds = {s.kind for s in self.subscriptions}
+        chosen = tuple(t for kind, t in UPDATE_TYPES.items() if kind in kinds)
+        return chosen or ("order",)
+
+    def subscribe_orders(self) -> None:
+        """Order updates → ``on_order`` (and derived fills → ``on_trade``)."""
+        self._subscribe(Subscription("orders"))
+
+    def unsubscribe_orders(self) -> None:
+        """Stop order updates (re-authorizes and reconnects if connected)."""
+        self._unsubscribe("orders")
+
+    def subscribe_positions(self) -> None:
+        """Position updates → ``on_position``."""
+        self._subscribe(Subscription("positions"))
+
+    def unsubscribe_positions(self) -> None:
+        """Stop position updates (re-authorizes and reconnects if connected)."""
+        self._unsubscribe("positions")
+
+    def subscribe_holdings(self) -> None:
+        """Holding updates → ``on_holding``."""
+        self._subscribe(Subscription("holdings"))
+
+    def unsubscribe_holdings(self) -> None:
+        """Stop holding updates (re-authorizes and reconnects if connected)."""
+        self._unsubscribe("holdings")
+
+    def subscribe_gtt_orders(self) -> None:
+        """GTT order updates → ``on_gtt_order``."""
+        self._subscribe(Subscription("gtt_orders"))
+
+    def unsubscribe_gtt_orders(self) -> None:
+        """Stop GTT order updates (re-authorizes and reconnects if connected)."""
+        self._unsubscribe("gtt_orders")
+
+    # ------------------------------------------------------------- engine hooks
+    def _new_protocol(self) -> UpstoxProtocol:
+        return UpstoxProtocol(self._account)
+
+    def _headers(self) -> Dict[str, str]:
+        token = self._token or self._tokens.current()
+        return {"Authorization": f"Bearer {token}", "Accept": "application/json"}
+
+    def _connect_target(self) -> ConnectTarget:
+        self._stage = "authorize"
+        self._token = self._tokens.current()
+        types = self.update_types
+        with self._lock:
+            protocol = self._protocol
+            if isinstance(protocol, UpstoxProtocol):
+                protocol.authorized = frozenset(types)
+        self._authorizations += 1
+        reply = self.rest.get(AUTHORIZE_PATH, params={"update_types": ",".join(types)}, headers=self._headers())
+        data = reply.get("data") if isinstance(reply, dict) else None
+        uri = to_text(first(data.get("authorized_redirect_uri"), data.get("authorizedRedirectUri"))) \
+            if isinstance(data, dict) else None
+        if uri is None:
+            text = self._rest_error_text(reply) if isinstance(reply, dict) else None
+            raise ConnectionFailed(f"authorize returned no authorized_redirect_uri{': ' + text if text else ''}")
+        codes = parse_qs(urlsplit(uri).query).get("code", [])
+        self._register_secret(uri, *codes)
+        self._token_expires_at = next_token_expiry(_dt.datetime.now(_dt.timezone.utc))
+        self._stage = "handshake"
+        return ConnectTarget(uri)
+
+    def _retry_auth(self, error: AuthenticationError) -> bool:
+        """Ask the token provider once; a handshake rejection of a fresh URI also gets one
+        more try with a newly authorized URI (the token itself was just accepted)."""
+        refreshed = self._tokens.refresh()
+        if refreshed:
+            self._token = None
+        return refreshed or self._stage == "handshake"
+
+    def _rest_data(self, path: str) -> List[Dict[str, Any]]:
+        reply = self.rest.get(path, headers=self._headers())
+        if isinstance(reply, dict) and str(reply.get("status", "success")).lower() == "error":
+            raise ConnectionFailed(f"GET {path} failed: {self._rest_error_text(reply) or 'error'}")
+        return _rows(reply)
+
+    def _learn_account(self) -> None:
+        with self._account_lock:
+            if self._account is not None:
+                return
+            protocol = self._protocol
+            known = getattr(protocol, "account", None)
+            if known is None:
+                profile = self._rest_data(PROFILE_PATH)
+                known = to_text(profile[0].get("user_id")) if profile else None
+            self._account = known
+        if known is not None:
+            self._apply(lambda p: _set_account(p, known))
+
+    def _after_ready(self, reconnect: bool) -> Sequence[Output]:
+        """Reconcile from REST; only what changed while away produces events."""
+        kinds = {s.kind for s in self.subscriptions} or {"orders"}
+        steps: List[Tuple[str, Callable[[], None]]] = [("account lookup", self._learn_account)]
+        if "orders" in kinds:
+            steps.append(("order reconciliation", lambda: self._reconcile_orders(reconnect)))
+        if "positions" in kinds or self.poll_pnl:
+            steps.append(("position reconciliation", self._poll_positions))
+        if "holdings" in kinds:
+            steps.append(("holding reconciliation", self._reconcile_holdings))
+        if "gtt_orders" in kinds:
+            steps.append(("GTT reconciliation", self._reconcile_gtt))
+        for name, step in steps:
+            if self._stop_event.is_set():
+                break
+            try:
+                step()
+            except BrokerFeedsError as exc:
+                self._report(type(exc)(f"{name} failed: {exc}"))
+        return ()
+
+    def _reconcile_orders(self, reconnect: bool) -> None:
+        rows = self._rest_data(ORDERS_PATH)
+        if reconnect:
+            self._log.info("reconciling %d order(s) from REST", len(rows))
+        self._apply(lambda p: p.merge_orders(rows, derive_fills=reconnect))  # type: ignore[attr-defined]
+
+    def _poll_positions(self) -> Sequence[Output]:
+        rows = self._rest_data(POSITIONS_PATH)
+        with_pnl = bool(self.poll_pnl)
+        self._apply(lambda p: p.positions_from(rows) + (p.pnl_from(rows) if with_pnl else []))  # type: ignore
+        return ()
+
+    def _reconcile_holdings(self) -> None:
+        rows = self._rest_data(HOLDINGS_PATH)
+        self._apply(lambda p: p.holdings_from(rows))  # type: ignore[attr-defined]
+
+    def _reconcile_gtt(self) -> None:
+        rows = self._rest_data(GTT_PATH)
+        self._apply(lambda p: p.gtt_from(rows))  # type: ignore[attr-defined]
+
+    def _check_token_expiry(self) -> Sequence[Output]:
+        expires = self._token_expires_at
+        if expires is not None and _dt.datetime.now(_dt.timezone.utc) >= expires:
+            self._token_expires_at = None
+            self._log.info("access token expired (03:30 IST): re-authorizing with a fresh token")
+            self._request_reconnect("daily access-token expiry (03:30 IST)", immediate=True)
+        return ()
+
+    def _periodic_jobs(self) -> Sequence[Tuple[float, Callable[[], Sequence[Output]], str, bool]]:
+        jobs: List[Tuple[float, Callable[[], Sequence[Output]], str, bool]] = []
+        if self.poll_pnl:
+            jobs.append((self.poll_pnl, self._poll_positions, "P&L poll", True))
+        if self._has_provider:
+            jobs.append((self.expiry_check_interval, self._check_token_expiry, "token expiry check", True))
+        return jobs
+
+    def _rest_error_text(self, body: Any) -> Optional[str]:
+        """Upstox's error envelope (``error_code`` or the deprecated ``errorCode``)."""
+        if not isinstance(body, dict):
+            return None
+        parts = []
+        for error in body.get("errors") or ():
+            if not isinstance(error, dict):
+                continue
+            code = to_text(first(error.get("error_code"), error.get("errorCode")))
+            message = to_text(error.get("message"))
+            parts.append(" ".join(p for p in (code, message) if p))
+        text = "; ".join(p for p in parts if p)
+        return text or to_text(first(body.get("message"), body.get("error")))
+
+    def _extra_stats(self) -> Dict[str, int]:
+        return {"authorizations": self._authorizations}
+
+    def __repr__(self) -> str:
+        return f"UpstoxFeed(rest_url={self.rest_url!r}, update_types={','.join(self.update_types)!r}, " \
+               f"state={self._state!r})"
+
+
+def _set_account(protocol: Protocol, account: str) -> List[Output]:
+    if isinstance(protocol, UpstoxProtocol) and protocol.account is None:
+        protocol.account = account
+    return []
