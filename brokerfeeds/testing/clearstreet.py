@@ -75,6 +75,7 @@ class ClearStreetSimulator(SimulatorBase):
         self.withhold_replay_complete = False
         self.heartbeats = True
         self._refusals: List[str] = []
+        self.refused_accounts: Dict[str, str] = {}  # account -> details: every subscribe to it is refused
         self._skip_live = 0
         self._reorder = False
         self._held: Optional[Tuple[str, str]] = None
@@ -413,6 +414,8 @@ class ClearStreetSimulator(SimulatorBase):
             self.subscribes.append((account, token))
         if self._refusals:
             self._ack(client, account, False, self._refusals.pop(0))
+        elif account in self.refused_accounts:
+            self._ack(client, account, False, self.refused_accounts[account])
         elif not self.token_valid(token):
             self._ack(client, account, False, "Unauthorized: invalid or expired token")
         elif account not in self.accounts:
