@@ -16,7 +16,7 @@ from typing import Any, Callable, Optional
 try:  # the "fast" extra
     import orjson as _orjson
 except ImportError:  # pragma: no cover - exercised when the extra is absent
-    _orjson = None
+    _orjson = None  # type: ignore[assignment]
 
 __all__ = ["to_decimal", "to_text", "loads", "FAST_JSON", "from_epoch_ms", "utc"]
 

@@ -181,7 +181,7 @@ class IbkrProtocol(Protocol):
             if sub.kind == _ORDERS:
                 out.append(Send("sor+{}"))
             elif sub.kind == _TRADES:
-                out.append(Send("str+" + json.dumps(dict(sub.params)) if sub.params else "str+{}"))
+                out.append(Send("str+" + json.dumps(dict(sub.params)) if sub.params else "str+{}"))  # type: ignore[arg-type]
             elif sub.kind == _PNL:
                 out.append(Send("spl+{}"))
             elif sub.kind == _QUOTES:
@@ -244,9 +244,9 @@ class IbkrProtocol(Protocol):
             out.append(Report(ProtocolError(text, excerpt(json.dumps(message)))))
             return out
         if not isinstance(topic, str):
-            text = to_text(first(message.get("message"), message.get("result")))
-            if text:
-                out.append(Notice(broker=BROKER, kind="status", text=text, raw=message))
+            status = to_text(first(message.get("message"), message.get("result")))
+            if status:
+                out.append(Notice(broker=BROKER, kind="status", text=status, raw=message))
             return out
         handler = self._topics.get(topic)
         if handler is not None:
@@ -451,8 +451,9 @@ class IbkrProtocol(Protocol):
             )
             if self.positions.update(key, position) is not None:
                 out.append(position)
-        for key in self.positions.keys():
-            if key not in seen and key[0] == account:  # type: ignore[index]
+        for known in self.positions.keys():
+            key = known  # type: ignore[assignment]
+            if key not in seen and key[0] == account:
                 closed = self.positions.get(key)
                 self.positions.forget(key)
                 if closed is not None and closed.quantity:

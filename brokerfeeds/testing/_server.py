@@ -35,6 +35,7 @@ except ImportError as exc:  # pragma: no cover
 __all__ = ["SimulatorBase", "HttpRequest", "HttpReply", "Client"]
 
 T = TypeVar("T")
+S = TypeVar("S", bound="SimulatorBase")
 
 
 class HttpRequest:
@@ -93,7 +94,7 @@ class SimulatorBase:
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._thread: Optional[threading.Thread] = None
         self._server: Optional[Server] = None
-        self._http: Optional[socketserver.ThreadingTCPServer] = None
+        self._http: Optional[http.server.HTTPServer] = None
         self._http_thread: Optional[threading.Thread] = None
         self._routes: Dict[Tuple[str, str], RouteHandler] = {}
         self.clients: Set[Client] = set()
@@ -106,7 +107,7 @@ class SimulatorBase:
         self._clients_changed = threading.Condition(self.lock)
 
     # ----------------------------------------------------------------- lifecycle
-    def start(self) -> "SimulatorBase":
+    def start(self: S) -> S:
         """Start both servers; returns once they accept connections."""
         ready = threading.Event()
         self._loop = asyncio.new_event_loop()
@@ -140,7 +141,7 @@ class SimulatorBase:
             time.sleep(down_for)
         self._call(self._start_ws())
 
-    def __enter__(self) -> "SimulatorBase":
+    def __enter__(self: S) -> S:
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:
@@ -384,9 +385,9 @@ class SimulatorBase:
             daemon_threads = True
             allow_reuse_address = True
 
-        self._http = Server((self.host, self._rest_port), Handler)
-        self._rest_port = self._http.server_address[1]
-        self._http_thread = threading.Thread(target=self._http.serve_forever, kwargs={"poll_interval": 0.05},
+        server = self._http = Server((self.host, self._rest_port), Handler)
+        self._rest_port = int(server.server_address[1])
+        self._http_thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
                                              name=f"{type(self).__name__}-rest", daemon=True)
         self._http_thread.start()
 
