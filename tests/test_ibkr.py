@@ -379,3 +379,16 @@ def test_adapter_raises_protocol_error_on_garbage():
     with pytest.raises(ProtocolError):
         IbkrProtocol().on_frame(b"{not json", False, 0.0)
     assert IbkrProtocol().on_frame(b"ech+hb", False, 0.0) == []
+
+
+def test_gateway_restart_is_survived(make_feed, sim):
+    feed = make_feed()
+    feed.subscribe_orders()
+    rec = Recorder(feed)
+    feed.start()
+    connected(feed, sim, "sor")
+    sim.restart(down_for=0.4)
+    rec.wait_for("connect", count=2, timeout=10)
+    connected(feed, sim, "sor")
+    order_id = sim.place_order("AAPL", "SELL", 1, 1.0)
+    rec.wait_for("order", lambda o: o.order_id == order_id)

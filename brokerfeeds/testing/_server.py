@@ -392,7 +392,7 @@ class SimulatorBase:
         self._http_thread.start()
 
     def _match_route(self, method: str, path: str) -> Optional[RouteHandler]:
-        """Routes may contain ``{param}`` segments; the handler gets them in ``request.query``."""
+        """Routes may contain ``{param}`` segments (the handler reads them from ``request.path``)."""
         parts = path.strip("/").split("/")
         for (m, pattern), handler in self._routes.items():
             if m != method or "{" not in pattern:
