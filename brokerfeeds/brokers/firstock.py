@@ -1,0 +1,785 @@
+"""Firstock (India) WebSocket: adapter and feed.
+
+Protocol notes (see the project's protocols/firstock.md for sources):
+
+* Connect to ``wss://socket.firstock.in/V2/ws?userId=U&jKey=K&source=developer-api``:
+  authentication happens in the query string. The answer is one of: HTTP 401 on the
+  upgrade; a first frame ``{"status": "success", "message": "Authentication successful"}``;
+  a first frame ``{"status": "failed", "message": "unauthenticated"}`` followed by a close;
+  or the text ``Maximum sessions limit (3) reached`` (at most 3 sockets per user). Every
+  refusal stops the feed with :class:`~brokerfeeds.errors.AuthenticationError` (or its
+  subclass :class:`~brokerfeeds.errors.SessionLimitError`): never a reconnect loop.
+* Orders (recognised by ``norenordno``) and positions (``brkname``) arrive automatically
+  after authentication; all their values are strings. A mid-session frame with ``status``
+  and ``message`` is a server notice (:class:`~brokerfeeds.events.Notice`); a mid-session
+  ``unauthenticated`` also reconnects, which ends in an ``AuthenticationError`` if the
+  jKey is no longer valid.
+* Market feed: ``{"action": "subscribe", "tokens": "NSE:26000|BSE:1"}`` (one frame for
+  many instruments; ``unsubscribe`` alike, no acknowledgement). V2 ticks are keyed by
+  ``EXCH:TOKEN`` (several instruments per frame); deprecated V1 ticks are flat objects
+  with ``c_exch_seg`` and ``c_symbol``. Prices are integer paise (divided by 100 and
+  rounded to the paisa, which also removes float noise such as ``125190.00000000001``).
+  Frames after the first are deltas: every frame is merged into a per-instrument
+  snapshot where a missing value or the ``9223372036854775808`` placeholder never
+  overwrites anything, and a zero never overwrites a good price, volume, open interest
+  or time (fields such as net change or total buy quantity may legitimately be zero).
+  Depth (``best_buy``/``best_sell``) merges by position: ``{}`` keeps a level, a partial
+  object changes only its keys, a zero price never replaces a good one.
+* Keep-alive: the server pings and ends the session when a pong is later than 10 s.
+  Pongs are sent by the reader thread inside ``recv`` and user callbacks run on another
+  thread, so a slow callback cannot miss the deadline. We also ping every
+  ``ping_interval`` s; ``stale_after`` s without any frame (pongs included) reconnects.
+* After every (re)connect, REST ``orderBook`` and ``positionBook`` reconcile state (only
+  what changed produces events); fills missed while disconnected become :class:`Trade`
+  events. The socket's order updates may lack fill fields: when an order reaches a final
+  status without them, ``orderBook`` is fetched again to learn the filled quantity and
+  average price. ``poll_pnl=seconds`` polls ``positionBook`` for account P&L.
+
+Status mapping (Firstock → :class:`~brokerfeeds.events.OrderStatus`; spaces, ``_`` and
+``-`` are ignored, case-insensitive):
+
+==========================================================  ==========================
+Firstock                                                    OrderStatus
+==========================================================  ==========================
+ORDER ACK, ORDER PENDING, PENDING, PENDING NEW              PENDING
+OPEN, TRIGGER_PENDING, AMO OPEN, AMO MODIFIED, MODIFIED     OPEN (PARTIALLY_FILLED once
+                                                            something filled)
+COMPLETE                                                    FILLED
+CANCELED, CANCELLED, AMO CANCELED                           CANCELLED
+REJECTED                                                    REJECTED
+EXPIRED                                                     EXPIRED
+anything else                                               UNKNOWN
+==========================================================  ==========================
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import re
+import urllib.parse
+from decimal import Decimal, InvalidOperation
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+
+import requests
+
+from ..errors import (
+    AuthenticationError,
+    ConnectionFailed,
+    ProtocolError,
+    RateLimited,
+    SessionLimitError,
+)
+from ..events import Notice, Order, OrderStatus, PnL, Position, Quote, Side, Trade
+from ..feed import Feed
+from ..protocol import (
+    Fatal,
+    Output,
+    Protocol,
+    RawMessage,
+    Ready,
+    Reconnect,
+    Send,
+    Subscription,
+    excerpt,
+    first,
+)
+from ..redact import Redactor
+from ..state import ChangeTracker, FillTracker, OrderTracker, Snapshots
+from ..transport import ConnectTarget
+from ..values import loads, to_decimal, to_text, utc
+
+__all__ = [
+    "FirstockFeed",
+    "FirstockProtocol",
+    "STATUS_MAP",
+    "DEFAULT_URL",
+    "DEFAULT_REST_URL",
+    "split_instruments",
+    "map_status",
+]
+
+BROKER = "firstock"
+DEFAULT_URL = "wss://socket.firstock.in/V2/ws"
+DEFAULT_REST_URL = "https://api.firstock.in/V1"
+QUOTES = "quotes"
+
+STATUS_MAP: Dict[str, OrderStatus] = {
+    "ORDERACK": OrderStatus.PENDING,
+    "ORDERPENDING": OrderStatus.PENDING,
+    "PENDING": OrderStatus.PENDING,
+    "PENDINGNEW": OrderStatus.PENDING,
+    "VALIDATIONPENDING": OrderStatus.PENDING,
+    "OPEN": OrderStatus.OPEN,
+    "TRIGGERPENDING": OrderStatus.OPEN,
+    "AMOOPEN": OrderStatus.OPEN,
+    "AMOMODIFIED": OrderStatus.OPEN,
+    "MODIFIED": OrderStatus.OPEN,
+    "REPLACED": OrderStatus.OPEN,
+    "COMPLETE": OrderStatus.FILLED,
+    "COMPLETED": OrderStatus.FILLED,
+    "CANCELED": OrderStatus.CANCELLED,
+    "CANCELLED": OrderStatus.CANCELLED,
+    "AMOCANCELED": OrderStatus.CANCELLED,
+    "AMOCANCELLED": OrderStatus.CANCELLED,
+    "REJECTED": OrderStatus.REJECTED,
+    "EXPIRED": OrderStatus.EXPIRED,
+}
+
+_SIDES = {"B": Side.BUY, "BUY": Side.BUY, "S": Side.SELL, "SELL": Side.SELL}
+_SESSION_LIMIT = "maximum sessions limit"
+_PAISA = Decimal("0.01")
+# The placeholder Firstock sends for "no value" (2**63), and its signed neighbours.
+_SENTINELS = (9223372036854775808, 9223372036854775807, -9223372036854775808)
+_SENTINEL_TEXT = frozenset(str(s) for s in _SENTINELS)
+# Fields where a zero is a placeholder, never a real update of a good value.
+_ZERO_GUARDED = frozenset({
+    "i_upper_circuit_limit", "i_lower_circuit_limit", "i_volume_traded_today", "i_total_open_interest",
+    "i_total_tradevalue", "i_last_trade_time", "i_feed_time", "i_seconds_since_boe", "i_usecs",
+})
+_ZERO_ALLOWED = frozenset({"i_net_price_change_from_closing_price"})
+_PRICE_FIELDS = (
+    "i_last_traded_price", "i_open_price", "i_high_price", "i_low_price", "i_closing_price", "close_price",
+    "i_average_trade_price", "i_upper_circuit_limit", "i_lower_circuit_limit", "i_yearly_high_price",
+    "i_yearly_low_price",
+)
+_INSTRUMENT = re.compile(r"^[A-Za-z]+:[^\s:|]+$")
+
+
+# ====================================================================== helpers
+def split_instruments(*instruments: Union[str, Iterable[str]]) -> List[str]:
+    """``EXCH:TOKEN`` strings from arguments that may be lists or pre-joined with ``|``.
+
+    Exchanges are upper-cased and duplicates dropped (first order kept). Raises
+    :class:`ValueError` for anything that is not ``EXCH:TOKEN``.
+    """
+    out: List[str] = []
+    for item in instruments:
+        if not isinstance(item, str):
+            out.extend(split_instruments(*item))
+            continue
+        for part in item.split("|"):
+            part = part.strip()
+            if not part:
+                continue
+            if not _INSTRUMENT.match(part):
+                raise ValueError(f"instrument must look like EXCH:TOKEN (e.g. NSE:26000), got {part!r}")
+            exchange, token = part.split(":")
+            out.append(f"{exchange.upper()}:{token}")
+    return list(dict.fromkeys(out))
+
+
+def map_status(word: Optional[str], filled: Optional[Decimal], quantity: Optional[Decimal]) -> OrderStatus:
+    """Firstock's status word (and fill progress) as an :class:`OrderStatus`."""
+    key = re.sub(r"[\s_\-]", "", (word or "").upper())
+    status = STATUS_MAP.get(key, OrderStatus.UNKNOWN)
+    if status is OrderStatus.OPEN and filled and quantity and 0 < filled < quantity:
+        return OrderStatus.PARTIALLY_FILLED
+    return status
+
+
+def _missing(value: Any) -> bool:
+    """True for values that mean "nothing sent": None, "", the 2**63 placeholder."""
+    if value is None or value == "":
+        return True
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, (int, float)):
+        return abs(value) >= 9.2e18
+    return isinstance(value, str) and value.strip() in _SENTINEL_TEXT
+
+
+def _is_zero(value: Any) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, (int, float)):
+        return value == 0
+    number = to_decimal(value)
+    return number is not None and number == 0
+
+
+def _zero_guarded(name: str) -> bool:
+    return name not in _ZERO_ALLOWED and (name.endswith("_price") or name in _ZERO_GUARDED)
+
+
+def keep_tick_value(name: str, old: Any, new: Any) -> bool:
+    """The :class:`~brokerfeeds.state.Snapshots` rule for ticks: may ``new`` replace ``old``?"""
+    if _missing(new):
+        return False
+    if _zero_guarded(name) and _is_zero(new) and not _missing(old) and not _is_zero(old):
+        return False
+    return True
+
+
+def merge_depth(old: Any, new: Any) -> List[Dict[str, Any]]:
+    """Merge a depth delta into the stored levels, by position.
+
+    ``{}`` keeps a level; a partial object changes only its keys; missing or placeholder
+    values are ignored; a zero price never replaces a good one.
+    """
+    levels = [dict(level) if isinstance(level, dict) else {} for level in old] if isinstance(old, list) else []
+    if not isinstance(new, list):
+        return levels
+    for index, level in enumerate(new):
+        while len(levels) <= index:
+            levels.append({})
+        if not isinstance(level, dict):
+            continue
+        current = levels[index]
+        for key, value in level.items():
+            if _missing(value):
+                continue
+            if key == "price" and _is_zero(value) and not _is_zero(current.get("price", 0)):
+                continue
+            current[key] = value
+    return levels
+
+
+def paise(value: Any) -> Optional[Decimal]:
+    """Integer paise (possibly a noisy float) as rupees rounded to the paisa, or None."""
+    if _missing(value):
+        return None
+    number = to_decimal(value)
+    if number is None:
+        return None
+    try:
+        return (number / 100).quantize(_PAISA)
+    except InvalidOperation:
+        return None
+
+
+def _epoch_seconds(value: Any) -> Optional[_dt.datetime]:
+    if _missing(value) or _is_zero(value):
+        return None
+    number = to_decimal(value)
+    if number is None:
+        return None
+    try:
+        return _dt.datetime.fromtimestamp(float(number), tz=utc)
+    except (OverflowError, OSError, ValueError):
+        return None
+
+
+def _best(levels: Any) -> Tuple[Optional[Decimal], Optional[Decimal]]:
+    """(price, quantity) of the first non-empty depth level."""
+    for level in levels if isinstance(levels, list) else ():
+        if not isinstance(level, dict):
+            continue
+        price = paise(level.get("price"))
+        quantity = to_decimal(level.get("quantity"))
+        if price and (quantity is None or quantity > 0):
+            return price, quantity
+    return None, None
+
+
+def _side(value: Any) -> Optional[Side]:
+    return _SIDES.get(str(value).strip().upper()) if value is not None else None
+
+
+def _text_of(message: Any) -> str:
+    if isinstance(message, dict):
+        return str(first(message.get("message"), message.get("error"), message.get("status")) or "")
+    return str(message)
+
+
+# ====================================================================== the adapter
+class FirstockProtocol(Protocol):
+    """Sans-I/O adapter for Firstock's V2 (and V1) socket."""
+
+    broker = BROKER
+    ready_on_open = False
+
+    def __init__(self, user_id: str, can_refresh: bool = False) -> None:
+        self.user_id = user_id
+        #: Whether the feed can re-read the order book (REST) to learn fills the socket left out.
+        self.can_refresh = can_refresh
+        self.authenticated = False
+        self.orders = OrderTracker()
+        self.fills = FillTracker()
+        self.positions = ChangeTracker[Position]()
+        self.pnl = ChangeTracker[PnL]()
+        self.quotes = Snapshots(keep=keep_tick_value)
+        self._order_fields: Dict[str, Dict[str, Any]] = {}
+        #: Set when an order became final without fill fields: the feed re-reads the order book.
+        self.order_refresh_needed = False
+
+    # ------------------------------------------------------------- connection
+    def on_open(self, now: float) -> List[Output]:
+        self.authenticated = False
+        return []
+
+    def on_close(self) -> None:
+        self.authenticated = False
+
+    # ------------------------------------------------------------- outgoing
+    def subscribe(self, subs: Sequence[Subscription], now: float) -> List[Output]:
+        tokens = [s.key for s in subs if s.kind == QUOTES]
+        return [Send(json.dumps({"action": "subscribe", "tokens": "|".join(tokens)}))] if tokens else []
+
+    def unsubscribe(self, subs: Sequence[Subscription], now: float) -> List[Output]:
+        tokens = [s.key for s in subs if s.kind == QUOTES]
+        for token in tokens:
+            self.quotes.forget(token)
+        return [Send(json.dumps({"action": "unsubscribe", "tokens": "|".join(tokens)}))] if tokens else []
+
+    # ------------------------------------------------------------- incoming
+    def on_frame(self, data: bytes, binary: bool, now: float) -> List[Output]:
+        try:
+            message = loads(data)
+        except ValueError:
+            text = data.decode("utf-8", "replace").strip()
+            if not self.authenticated and text:
+                return [RawMessage(text), *self._refused(text)]
+            raise ProtocolError("frame is not JSON", excerpt(data)) from None
+        out: List[Output] = [RawMessage(message)]
+        if not isinstance(message, dict):
+            if not self.authenticated and isinstance(message, str):
+                out.extend(self._refused(message))
+            return out
+        if not self.authenticated and "status" in message and "norenordno" not in message and "brkname" not in message:
+            out.extend(self._on_auth(message))
+            return out
+        if "norenordno" in message:
+            out.extend(self.merge_orders([message]))
+        elif "brkname" in message:
+            out.extend(self._on_position(message))
+        elif "status" in message and "message" in message:
+            out.extend(self._on_status(message))
+        elif "c_symbol" in message and "c_exch_seg" in message:
+            key = f"{str(message['c_exch_seg']).upper()}:{message['c_symbol']}"
+            out.extend(self._on_tick(key, message))
+        else:
+            for key, value in message.items():
+                if isinstance(value, dict) and ":" in str(key):
+                    out.extend(self._on_tick(str(key), value))
+        return out
+
+    def _on_auth(self, message: Dict[str, Any]) -> List[Output]:
+        status = str(message.get("status", "")).lower()
+        text = _text_of(message)
+        if status == "success" or "authentication successful" in text.lower():
+            self.authenticated = True
+            return [Ready()]
+        return self._refused(text)
+
+    def _refused(self, text: str) -> List[Output]:
+        if _SESSION_LIMIT in text.lower():
+            return [Fatal(SessionLimitError(
+                f"Firstock refused the session: {text.strip()[:200]} (close another connection of this user)"))]
+        return [Fatal(AuthenticationError(f"Firstock rejected the session: {text.strip()[:200] or 'no reason given'}"))]
+
+    def _on_status(self, message: Dict[str, Any]) -> List[Output]:
+        status = str(message.get("status", "")).lower()
+        text = _text_of(message)
+        kind = "error" if status in ("failed", "error") else "status"
+        out: List[Output] = [Notice(broker=BROKER, kind=kind, text=text, raw=message, account=self.user_id)]
+        if "unauthenticated" in text.lower() or _SESSION_LIMIT in text.lower():
+            out.append(Reconnect(f"server says: {text[:100]}"))
+        return out
+
+    # ------------------------------------------------------------- orders
+    def merge_orders(self, rows: Iterable[Any], rest: bool = False, seed: bool = False) -> List[Output]:
+        """Order (and derived :class:`Trade`) events for socket messages or REST ``orderBook`` rows.
+
+        ``rest`` says the rows come from ``orderBook``; ``seed`` records the fills of orders
+        not seen before as already known (the first snapshot after start: history, not new fills).
+        """
+        out: List[Output] = []
+        for row in rows:
+            if not isinstance(row, dict):
+                continue
+            fields = _rest_order_fields(row) if rest else _stream_order_fields(row)
+            order_id = fields.get("order_id")
+            if not order_id:
+                continue
+            out.extend(self._merge_order(str(order_id), fields, row, seed))
+        return out
+
+    def _merge_order(self, order_id: str, fields: Dict[str, Any], raw: Dict[str, Any], seed: bool) -> List[Output]:
+        known = order_id in self._order_fields
+        candidate = dict(self._order_fields.get(order_id, {}))
+        candidate.update({k: v for k, v in fields.items() if v is not None})
+        if fields.get("filled") is None and map_status(fields.get("status"), None, None) is OrderStatus.FILLED:
+            # COMPLETE without fill fields: all of it filled, at an average we do not know yet.
+            candidate["filled"] = candidate.get("quantity")
+            candidate.pop("avg_price", None)
+        order = _order_from(candidate, raw, self.user_id)
+        changed = self.orders.update_order(order)
+        if changed is None:
+            if self.orders.get(order_id) == order:
+                self._order_fields[order_id] = candidate
+            return []
+        self._order_fields[order_id] = candidate
+        out: List[Output] = [order]
+        filled, avg = order.filled_quantity, order.avg_price
+        fill_unknown = filled is None or (filled > 0 and avg is None)
+        if order.status.is_final and order.status is not OrderStatus.REJECTED and fill_unknown and self.can_refresh:
+            self.order_refresh_needed = True
+        if seed and not known:
+            self.fills.seed(order)  # filled before we started: history, not a new fill
+            return out
+        if filled is not None and filled > 0 and avg is None and self.can_refresh:
+            return out  # the fill's price comes with the order book refresh
+        fill = self.fills.observe(order)
+        if fill is not None:
+            quantity, price = fill
+            fill_qty, fill_price = to_decimal(raw.get("flqty")), to_decimal(raw.get("flprc"))
+            if fill_price is not None and fill_qty == quantity:
+                price = fill_price
+            out.append(Trade(
+                broker=BROKER, account=order.account, trade_id=to_text(raw.get("flid")), order_id=order_id,
+                symbol=order.symbol, side=order.side, quantity=quantity, price=price,
+                time=_epoch_seconds(raw.get("fltm")) or order.time, exchange=order.exchange, raw=raw,
+            ))
+        return out
+
+    def take_order_refresh(self) -> bool:
+        """True (once) if an order book refresh was requested."""
+        needed, self.order_refresh_needed = self.order_refresh_needed, False
+        return needed
+
+    # ------------------------------------------------------------- positions and P&L
+    def _on_position(self, raw: Dict[str, Any]) -> List[Output]:
+        children = [c for c in raw.get("child_orders") or () if isinstance(c, dict)]
+        child = next((c for c in children if str(c.get("token", "")).strip().isdigit()), children[0] if children else {})
+        exchange = to_text(first(child.get("exch"), raw.get("exch")))
+        token = to_text(first(child.get("token"), raw.get("token")))
+        quantity = to_decimal(raw.get("netqty"))
+        avg = None
+        if quantity is not None and quantity > 0:
+            avg = to_decimal(first(raw.get("totbuyavgprc"), raw.get("buyavgprc"), raw.get("daybuyavgprc")))
+        elif quantity is not None and quantity < 0:
+            avg = to_decimal(first(raw.get("totsellavgprc"), raw.get("sellavgprc"), raw.get("daysellavgprc")))
+        return self._position(
+            symbol=to_text(first(child.get("tsym"), raw.get("tsym"))) or token or "",
+            exchange=exchange, token=token, product=to_text(raw.get("pcode")),
+            account=to_text(first(raw.get("actid"), raw.get("uid"))), quantity=quantity, avg=avg,
+            realized=to_decimal(raw.get("rpnl")), unrealized=None, raw=raw,
+        )
+
+    def positions_from_rest(self, rows: Any) -> List[Output]:
+        """Position events for REST ``positionBook`` rows that changed."""
+        out: List[Output] = []
+        for row in rows if isinstance(rows, list) else []:
+            if not isinstance(row, dict):
+                continue
+            out.extend(self._position(
+                symbol=to_text(first(row.get("tradingSymbol"), row.get("token"))) or "",
+                exchange=to_text(row.get("exchange")), token=to_text(row.get("token")),
+                product=to_text(row.get("product")), account=to_text(row.get("userId")),
+                quantity=to_decimal(first(row.get("netQuantity"), row.get("netqty"))),
+                avg=to_decimal(first(row.get("netAveragePrice"), row.get("netavgprc"))),
+                realized=to_decimal(first(row.get("RealizedPNL"), row.get("realizedPNL"), row.get("rpnl"))),
+                unrealized=to_decimal(first(row.get("unrealizedMTOM"), row.get("unrealizedMTM"),
+                                            row.get("unrealizedPNL"))),
+                raw=row,
+            ))
+        return out
+
+    def _position(self, *, symbol: str, exchange: Optional[str], token: Optional[str], product: Optional[str],
+                  account: Optional[str], quantity: Optional[Decimal], avg: Optional[Decimal],
+                  realized: Optional[Decimal], unrealized: Optional[Decimal], raw: Dict[str, Any]) -> List[Output]:
+        instrument = f"{exchange}:{token}" if exchange and token else None
+        position = Position(
+            broker=BROKER, account=account or self.user_id, symbol=symbol, quantity=quantity,
+            avg_price=avg if avg else None, realized_pnl=realized, unrealized_pnl=unrealized,
+            exchange=exchange, instrument=instrument, raw=raw,
+        )
+        return [position] if self.positions.update((instrument or symbol, product), position) is not None else []
+
+    def pnl_from_rest(self, rows: Any) -> List[Output]:
+        """An account :class:`PnL` from REST ``positionBook`` rows, if the totals changed."""
+        realized = unrealized = total = Decimal(0)
+        for row in rows if isinstance(rows, list) else []:
+            if not isinstance(row, dict):
+                continue
+            r = to_decimal(first(row.get("RealizedPNL"), row.get("realizedPNL"), row.get("rpnl"))) or Decimal(0)
+            u = to_decimal(first(row.get("unrealizedMTOM"), row.get("unrealizedMTM"), row.get("unrealizedPNL")))
+            t = to_decimal(first(row.get("totalPNL"), row.get("totalMTM")))
+            realized += r
+            unrealized += u or Decimal(0)
+            total += t if t is not None else r + (u or Decimal(0))
+        pnl = PnL(broker=BROKER, account=self.user_id, daily_pnl=total, unrealized_pnl=unrealized,
+                  realized_pnl=realized, raw=rows)
+        return [pnl] if self.pnl.update(self.user_id, pnl) is not None else []
+
+    # ------------------------------------------------------------- quotes
+    def _on_tick(self, key: str, update: Dict[str, Any]) -> List[Output]:
+        if "gamma" in update and "i_last_traded_price" not in update:
+            return []  # option greeks (not a quote): on_message only
+        current = self.quotes.get(key) or {}
+        clean: Dict[str, Any] = {}
+        for name, value in update.items():
+            if name in ("best_buy", "best_sell"):
+                clean[name] = merge_depth(current.get(name), value)
+            elif not _missing(value):
+                clean[name] = value
+        merged = self.quotes.merge(key, clean)
+        bid, bid_size = _best(merged.get("best_buy"))
+        ask, ask_size = _best(merged.get("best_sell"))
+        return [Quote(
+            broker=BROKER, instrument=key, last=paise(merged.get("i_last_traded_price")),
+            bid=bid, ask=ask, bid_size=bid_size, ask_size=ask_size,
+            volume=to_decimal(merged.get("i_volume_traded_today")),
+            time=_epoch_seconds(first(merged.get("i_feed_time"), merged.get("i_last_trade_time"))),
+            fields=dict(merged), raw=update,
+        )]
+
+
+def quote_prices(quote: Quote) -> Dict[str, Optional[Decimal]]:
+    """Every paise price field of a Firstock :class:`Quote` in rupees (open, high, circuits, ...)."""
+    return {name: paise(quote.fields.get(name)) for name in _PRICE_FIELDS}
+
+
+def _stream_order_fields(raw: Dict[str, Any]) -> Dict[str, Any]:
+    filled = to_decimal(raw.get("fillshares"))
+    return {
+        "order_id": to_text(raw.get("norenordno")),
+        "account": to_text(first(raw.get("actid"), raw.get("uid"))),
+        "symbol": to_text(raw.get("tsym")),
+        "exchange": to_text(raw.get("exch")),
+        "side": _side(raw.get("trantype")),
+        "quantity": to_decimal(raw.get("qty")),
+        "price": to_decimal(raw.get("prc")),
+        "order_type": to_text(raw.get("prctyp")),
+        "status": to_text(raw.get("status")),
+        "filled": filled,
+        "avg_price": to_decimal(raw.get("avgprc")) if filled else None,
+        "time": _epoch_seconds(raw.get("tm")),
+    }
+
+
+def _rest_order_fields(row: Dict[str, Any]) -> Dict[str, Any]:
+    filled = to_decimal(first(row.get("fillShares"), row.get("fillshares")))
+    return {
+        "order_id": to_text(first(row.get("orderNumber"), row.get("norenordno"))),
+        "account": to_text(row.get("userId")),
+        "symbol": to_text(first(row.get("tradingSymbol"), row.get("tsym"))),
+        "exchange": to_text(first(row.get("exchange"), row.get("exch"))),
+        "side": _side(first(row.get("transactionType"), row.get("trantype"))),
+        "quantity": to_decimal(first(row.get("quantity"), row.get("qty"))),
+        "price": to_decimal(first(row.get("price"), row.get("prc"))),
+        "order_type": to_text(first(row.get("priceType"), row.get("prctyp"))),
+        "status": to_text(row.get("status")),
+        "filled": filled,
+        "avg_price": to_decimal(first(row.get("averagePrice"), row.get("avgprc"))) if filled else None,
+    }
+
+
+def _order_from(fields: Dict[str, Any], raw: Dict[str, Any], user_id: str) -> Order:
+    quantity, filled = fields.get("quantity"), fields.get("filled")
+    word = fields.get("status")
+    return Order(
+        broker=BROKER,
+        account=fields.get("account") or user_id,
+        order_id=str(fields["order_id"]),
+        symbol=fields.get("symbol"),
+        side=fields.get("side"),
+        quantity=quantity,
+        filled_quantity=filled,
+        remaining_quantity=quantity - filled if quantity is not None and filled is not None else None,
+        price=fields.get("price"),
+        avg_price=fields.get("avg_price"),
+        order_type=fields.get("order_type"),
+        status=map_status(word, filled, quantity),
+        broker_status=word,
+        time=fields.get("time"),
+        exchange=fields.get("exchange"),
+        raw=raw,
+    )
+
+
+# ====================================================================== the feed
+class FirstockFeed(Feed):
+    """Firstock's WebSocket: orders, positions and quotes, plus REST reconciliation.
+
+    ``user_id`` and ``jkey`` (the ``susertoken`` from :meth:`login`) are passed explicitly;
+    no file is read or written. ``url`` defaults to the V2 socket; the deprecated V1
+    (``wss://socket.firstock.in/ws``) works too. ``rest_url=None`` turns REST off (no
+    reconciliation, no P&L polling). ``poll_pnl`` (seconds) polls ``positionBook`` for
+    :class:`PnL`. The engine knobs (``reconnect``, ``dispatch``, ``logger``, ...) are
+    those of :class:`~brokerfeeds.feed.Feed`. A server that never answers the
+    authentication is dropped after ``auth_timeout`` s and tried again with backoff
+    (``start()`` never blocks; ``wait_connected(timeout)`` returns False meanwhile).
+
+        feed = FirstockFeed("AB1234", FirstockFeed.login("AB1234", password, totp, "AB1234_API", api_key))
+        feed.on_order(print)
+        feed.subscribe_quotes("NSE:26000", "BSE:1")
+        with feed:
+            ...
+    """
+
+    broker = BROKER
+
+    def __init__(
+        self,
+        user_id: str,
+        jkey: str,
+        url: str = DEFAULT_URL,
+        rest_url: Optional[str] = DEFAULT_REST_URL,
+        *,
+        source: str = "developer-api",
+        verify: Union[bool, str] = True,
+        heartbeat_interval: float = 30.0,
+        stale_after: float = 45.0,
+        ping_interval: Optional[float] = 20.0,
+        connect_timeout: float = 10.0,
+        auth_timeout: float = 10.0,
+        poll_pnl: Optional[float] = None,
+        reconcile: bool = True,
+        order_refresh_interval: float = 1.0,
+        **kwargs: Any,
+    ) -> None:
+        if not isinstance(user_id, str) or not user_id.strip():
+            raise ValueError("user_id must be a non-empty str")
+        if not isinstance(jkey, str) or not jkey.strip():
+            raise ValueError("jkey must be a non-empty str (the susertoken from FirstockFeed.login)")
+        if poll_pnl is not None and poll_pnl <= 0:
+            raise ValueError(f"poll_pnl must be > 0 or None, got {poll_pnl!r}")
+        super().__init__(url=url, rest_url=rest_url, verify=verify, heartbeat_interval=heartbeat_interval,
+                         stale_after=stale_after, ping_interval=ping_interval, connect_timeout=connect_timeout,
+                         auth_timeout=auth_timeout, **kwargs)
+        self._register_secret(jkey)
+        self.user_id = user_id.strip()
+        self.source = source
+        self.poll_pnl = poll_pnl
+        self.reconcile = reconcile
+        self.order_refresh_interval = order_refresh_interval
+        self._jkey = jkey.strip()
+
+    # ------------------------------------------------------------- subscriptions
+    def subscribe_quotes(self, *instruments: Union[str, Iterable[str]]) -> List[str]:
+        """Market data for ``EXCH:TOKEN`` instruments (``"NSE:26000"``, ``"BSE:1|NSE:2885"``, lists)
+        → ``on_quote``. Sent as one frame; re-sent after every reconnect. Returns the instruments added."""
+        subs = [Subscription(QUOTES, key) for key in split_instruments(*instruments)]
+        return [s.key for s in self._subscribe_many(subs)]
+
+    def unsubscribe_quotes(self, *instruments: Union[str, Iterable[str]]) -> List[str]:
+        """Stop market data for these instruments (one frame). Returns the instruments removed."""
+        idents = [(QUOTES, key) for key in split_instruments(*instruments)]
+        return [s.key for s in self._unsubscribe_many(idents)]
+
+    @property
+    def quote_instruments(self) -> Tuple[str, ...]:
+        """The instruments whose quotes are kept subscribed."""
+        return tuple(s.key for s in self.subscriptions if s.kind == QUOTES)
+
+    # ------------------------------------------------------------- login helper
+    @staticmethod
+    def login(
+        user_id: str,
+        password: str,
+        totp: str,
+        vendor_code: str,
+        api_key: str,
+        rest_url: str = DEFAULT_REST_URL,
+        *,
+        verify: Union[bool, str] = True,
+        timeout: float = 10.0,
+    ) -> str:
+        """Log in with REST ``/login`` and return the jKey (``susertoken``).
+
+        ``password`` is the plain password: it is sent as its SHA-256 hex digest, as the
+        API requires. Raises :class:`AuthenticationError` when Firstock refuses (the
+        broker's reason included; no credential ever appears in a message),
+        :class:`RateLimited` for HTTP 429, :class:`ConnectionFailed` for network errors.
+        Nothing is written to disk.
+        """
+        hashed = hashlib.sha256(password.encode("utf-8")).hexdigest()
+        redactor = Redactor()
+        redactor.add(password, hashed, totp, api_key)
+        body = {"userId": user_id, "password": hashed, "TOTP": totp, "vendorCode": vendor_code, "apiKey": api_key}
+        try:
+            response = requests.post(rest_url.rstrip("/") + "/login", json=body, timeout=timeout, verify=verify,
+                                     headers={"User-Agent": "brokerfeeds"})
+        except requests.RequestException as exc:
+            raise ConnectionFailed(f"login failed: {type(exc).__name__}") from None
+        try:
+            reply = response.json()
+        except ValueError:
+            reply = None
+        reason = _rest_reason(reply) or f"HTTP {response.status_code}"
+        if response.status_code == 429:
+            raise RateLimited(redactor.redact(f"login rate-limited: {reason}"))
+        if response.status_code >= 500:
+            raise ConnectionFailed(redactor.redact(f"login failed with HTTP {response.status_code}: {reason}"))
+        data = reply.get("data") if isinstance(reply, dict) else None
+        token = data.get("susertoken") if isinstance(data, dict) else None
+        if response.status_code >= 400 or not isinstance(reply, dict) or reply.get("status") != "success" or not token:
+            raise AuthenticationError(redactor.redact(f"Firstock login refused: {reason}"))
+        return str(token)
+
+    # ------------------------------------------------------------- engine hooks
+    def _new_protocol(self) -> FirstockProtocol:
+        return FirstockProtocol(self.user_id, can_refresh=self.rest_url is not None and self.reconcile)
+
+    def _connect_target(self) -> ConnectTarget:
+        query = urllib.parse.urlencode({"userId": self.user_id, "jKey": self._jkey, "source": self.source})
+        return ConnectTarget(self.url + ("&" if "?" in self.url else "?") + query)
+
+    def _rest_call(self, endpoint: str) -> List[Any]:
+        """POST ``endpoint`` with the credentials; the ``data`` rows (empty for "no data")."""
+        reply = self.rest.post(endpoint, json={"userId": self.user_id, "jKey": self._jkey})
+        if not isinstance(reply, dict):
+            raise ProtocolError(f"{endpoint} returned no JSON object")
+        if reply.get("status") == "success":
+            data = reply.get("data")
+            return data if isinstance(data, list) else []
+        name = str(reply.get("name") or "")
+        reason = _rest_reason(reply) or "failed"
+        if "NO_DATA" in name.upper() or "no data" in reason.lower():
+            return []
+        if "JKEY" in name.upper() or str(reply.get("code")) == "401":
+            raise AuthenticationError(f"{endpoint}: {reason}")
+        raise ConnectionFailed(f"{endpoint} failed: {reason}")
+
+    def _after_ready(self, reconnect: bool) -> Sequence[Output]:
+        """Reconcile orders and positions from REST (only changes produce events)."""
+        if not self.reconcile:
+            return ()
+        orders = self._rest_call("orderBook")
+        if reconnect:
+            self._log.info("reconciling %d order(s) from REST", len(orders))
+        self._apply(lambda p: p.merge_orders(orders, rest=True, seed=not reconnect))  # type: ignore[attr-defined]
+        positions = self._rest_call("positionBook")
+        self._apply(lambda p: p.positions_from_rest(positions))  # type: ignore[attr-defined]
+        if self.poll_pnl:
+            self._apply(lambda p: p.pnl_from_rest(positions))  # type: ignore[attr-defined]
+        return ()
+
+    def _poll_pnl(self) -> Sequence[Output]:
+        rows = self._rest_call("positionBook")
+        self._apply(lambda p: p.pnl_from_rest(rows))  # type: ignore[attr-defined]
+        return ()
+
+    def _refresh_orders(self) -> Sequence[Output]:
+        wanted: List[bool] = []
+        self._apply(lambda p: wanted.append(p.take_order_refresh()) or [])  # type: ignore[attr-defined]
+        if wanted and wanted[0]:
+            orders = self._rest_call("orderBook")
+            self._apply(lambda p: p.merge_orders(orders, rest=True))  # type: ignore[attr-defined]
+        return ()
+
+    def _periodic_jobs(self) -> Sequence[Tuple[float, Callable[[], Sequence[Output]], str, bool]]:
+        jobs: List[Tuple[float, Callable[[], Sequence[Output]], str, bool]] = []
+        if self.reconcile:
+            jobs.append((self.order_refresh_interval, self._refresh_orders, "order refresh", True))
+        if self.poll_pnl:
+            jobs.append((self.poll_pnl, self._poll_pnl, "pnl poll", True))
+        return jobs
+
+    def _rest_error_text(self, body: Any) -> Optional[str]:
+        return _rest_reason(body)
+
+
+def _rest_reason(body: Any) -> Optional[str]:
+    """Firstock's explanation in a REST reply: ``name: error.message`` (or ``message``)."""
+    if not isinstance(body, dict):
+        return None
+    error = body.get("error")
+    message = to_text(first(error.get("message") if isinstance(error, dict) else error, body.get("message")))
+    name = to_text(body.get("name"))
+    if name and message:
+        return f"{name}: {message}"
+    return name or message
