@@ -1,0 +1,713 @@
+"""ClearStreetFeed against ClearStreetSimulator over real sockets, plus unit tests of the adapter.
+
+The numbered tests follow the 15 edge cases of protocols/clearstreet.md §8.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import subprocess
+import sys
+import threading
+import time
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, List
+
+import pytest
+import websocket
+
+from brokerfeeds.brokers.clearstreet import (
+    ClearStreetFeed,
+    ClearStreetProtocol,
+    ClientCredentials,
+    JsonFileMarkStore,
+    map_status,
+    trading_day,
+)
+from brokerfeeds.errors import AuthenticationError, BrokerFeedsError, CallbackError, GapDetected, ProtocolError
+from brokerfeeds.events import Balance, LocateInventory, Notice, Order, OrderStatus, ReplayComplete, Side, Trade
+from brokerfeeds.protocol import Fatal, RawMessage, Reconnect, Report, Send, Subscription
+from brokerfeeds.testing.clearstreet import ClearStreetSimulator
+from helpers import FAST_RECONNECT, Recorder, feed_threads, wait_until
+
+ROOT = Path(__file__).resolve().parent.parent
+A, B = "100000", "100001"
+
+pytestmark = pytest.mark.timeout(30)
+
+
+def make_feed(sim: ClearStreetSimulator, **kwargs: Any) -> ClearStreetFeed:
+    options = dict(access_token=sim.token, url=sim.url, rest_url=sim.rest_url, reconnect=FAST_RECONNECT,
+                   stale_after=5.0, ping_interval=None)
+    options.update(kwargs)
+    return ClearStreetFeed(**options)
+
+
+def seqs(events: List[Any], account: str = A) -> List[int]:
+    """The sequence numbers of the delivered events of ``account``, in delivery order."""
+    return [e.raw["sequence"] for e in events if getattr(e, "account", None) == account and isinstance(e.raw, dict)
+            and "sequence" in e.raw]
+
+
+def sequenced(rec: Recorder) -> List[Any]:
+    return [e for k, e in rec.events if k in ("order", "trade", "position", "balance", "locate")]
+
+
+_IDS = itertools.count(1)
+
+
+def publish_orders(sim: ClearStreetSimulator, count: int, account: str = A) -> None:
+    for _ in range(count):
+        sim.publish(account, "order-update", {"order_id": f"o{next(_IDS)}", "version": 1, "account_id": account,
+                                              "symbol": "AAPL", "side": "buy", "quantity": "1",
+                                              "filled_quantity": "0", "status": "new", "state": "open"})
+
+
+# ============================================================== unit tests: the sans-I/O adapter
+def frame(seq: Any = None, kind: str = "order-update", account: str = A, ts: int = 1_711_076_850_000,
+          **data: Any) -> bytes:
+    message: dict = {"timestamp": ts, "payload": {"type": kind}}
+    if seq is not None:
+        message["sequence"] = seq
+        message["payload"]["data"] = {"order_id": f"o{seq}", "version": 1, "account_id": account, **data}
+    return json.dumps(message).encode()
+
+
+def opened(accounts=(A,), token: str = "tok-1234") -> ClearStreetProtocol:
+    protocol = ClearStreetProtocol(replay_timeout=1.0)
+    protocol.token = token
+    protocol.on_open(0.0)
+    protocol.subscribe([Subscription("activity", a) for a in accounts], 0.0)
+    return protocol
+
+
+def events_of(outputs: List[Any]) -> List[Any]:
+    return [o for o in outputs if not isinstance(o, (RawMessage, Report, Reconnect, Send, Fatal))]
+
+
+def test_unit_subscribe_frame_carries_token_per_account():
+    protocol = ClearStreetProtocol()
+    protocol.token = "tok-abcdef"
+    protocol.on_open(0.0)
+    out = protocol.subscribe([Subscription("activity", A), Subscription("activity", B)], 0.0)
+    assert [json.loads(o.frame) for o in out] == [
+        {"authorization": "tok-abcdef", "payload": {"type": "subscribe-activity", "account_id": a}} for a in (A, B)]
+
+
+def test_unit_duplicates_gaps_and_replay_flags():
+    p = opened()
+    assert events_of(p.on_frame(frame(1), False, 0.1))[0].replayed is True  # replaying until replay-complete
+    out = p.on_frame(b'{"timestamp":1,"payload":{"type":"replay-complete"}}', False, 0.2)
+    assert [type(e) for e in events_of(out)] == [ReplayComplete]
+    assert events_of(p.on_frame(frame(2), False, 0.3))[0].replayed is False
+    assert p.on_frame(frame(2), False, 0.3) == []  # duplicate
+    assert p.on_frame(frame(1), False, 0.3) == []  # lower: duplicate, never a rewind
+    assert p.marks[A] == 2 and p.counters["duplicates"] == 2
+    out = p.on_frame(frame(5), False, 0.4)
+    gap = [o.error for o in out if isinstance(o, Report)][0]
+    assert isinstance(gap, GapDetected) and (gap.account, gap.expected, gap.got) == (A, 3, 5)
+    assert any(isinstance(o, Reconnect) for o in out) and not events_of(out)
+    assert p.on_frame(frame(3), False, 0.5) == []  # held back until the reconnect-replay
+    assert p.marks[A] == 2
+
+
+def test_unit_day_rollover_resets_mark_and_old_day_is_stale():
+    p = opened()
+    day1, day2 = 1_711_076_850_000, 1_711_076_850_000 + 86_400_000
+    for seq in (1, 2, 3):
+        p.on_frame(frame(seq, ts=day1), False, 0.1)
+    assert events_of(p.on_frame(frame(1, ts=day2), False, 0.2))  # new day, sequence 1
+    assert p.counters["day_resets"] == 1 and p.export_marks()[A] == {"sequence": 1, "trading_day": trading_day(day2)}
+    assert p.on_frame(frame(4, ts=day1), False, 0.3) == []  # yesterday's: stale
+
+
+def test_unit_acks_fifo_refusals_and_auth_retry_once():
+    p = opened(accounts=(A, B))
+    assert p.on_frame(b'{"payload":{"type":"subscribe-activity-ack","success":true}}', False, 0.1) == [
+        RawMessage({"payload": {"type": "subscribe-activity-ack", "success": True}})]
+    assert list(p._pending) == [B]  # the account-less ack matched the oldest pending subscribe
+    out = p.on_frame(b'{"payload":{"type":"subscribe-activity-ack","success":false,'
+                     b'"details":"Unauthorized: token expired"}}', False, 0.2)
+    errors = [o.error for o in out if isinstance(o, Report)]
+    assert isinstance(errors[0], AuthenticationError) and "Unauthorized: token expired" in str(errors[0])
+    assert any(isinstance(o, Reconnect) and o.immediate for o in out) and p.token_refused
+    # Refused again after a fresh token: that account stops; A was fine, so the feed goes on.
+    p.on_open(1.0)
+    p.subscribe([Subscription("activity", A), Subscription("activity", B)], 1.0)
+    p.on_frame(json.dumps({"payload": {"type": "subscribe-activity-ack", "account_id": B, "success": False,
+                                       "details": "Unauthorized"}}).encode(), False, 1.1)
+    assert p.failed == {B}
+    assert p.subscribe([Subscription("activity", B)], 1.2) == []  # a stopped account is not re-sent
+
+
+def test_unit_auth_refused_twice_for_the_only_account_is_fatal():
+    p = opened()
+    ack = b'{"payload":{"type":"subscribe-activity-ack","account_id":"100000","success":false,"details":"invalid token"}}'
+    p.on_frame(ack, False, 0.1)
+    p.on_open(1.0)
+    p.subscribe([Subscription("activity", A)], 1.0)
+    out = p.on_frame(ack, False, 1.1)
+    assert isinstance(out[-1], Fatal) and isinstance(out[-1].error, AuthenticationError)
+
+
+def test_unit_replay_timeout_in_maintain_and_malformed():
+    p = opened()
+    assert p.maintain(0.5) == []
+    out = p.maintain(1.5)
+    done = [o for o in out if isinstance(o, ReplayComplete)]
+    assert done == [ReplayComplete(broker="clearstreet", account=A, timed_out=True)]
+    assert p.maintain(5.0) == []
+    with pytest.raises(ProtocolError):
+        p.on_frame(b"{not json", False, 5.0)
+    assert p.on_frame(b'{"timestamp":1,"payload":{"type":"heartbeat"}}', False, 5.0) == []
+
+
+def test_unit_decoding_of_every_sequenced_type():
+    p = opened()
+    trade = {"trade_id": "t1", "order_id": "o1", "side": "sell-short", "quantity": "40", "price": "123.99",
+             "running_position": "-40", "created_at": 1711076850000, "account_id": A, "symbol": "AAPL"}
+    msgs = [
+        {"sequence": 1, "payload": {"type": "order-update", "data": {
+            "order_id": "o1", "version": 3, "account_id": A, "state": "open", "status": "partially-filled",
+            "symbol": "AAPL", "order_type": "limit", "side": "buy", "quantity": "100", "filled_quantity": "40",
+            "price": "123.99", "average_price": 123.98, "updated_at": 1711076850000}}},
+        {"sequence": 2, "payload": {"type": "trade-notice", "data": trade}},
+        {"sequence": 3, "payload": {"type": "position-update", "data": {
+            "account_id": A, "account_number": "ACC1", "symbol": "AAPL", "quantity": "-40", "average_cost": 12.5}}},
+        {"sequence": 4, "payload": {"type": "buying-power-update", "data": {"account_id": A, "buying_power": 5e5}}},
+        {"sequence": 5, "payload": {"type": "locate-inventory-update", "data": {
+            "account_id": A, "symbol": "GME", "available": "1000", "reserved": "10", "used": "5"}}},
+        {"sequence": 6, "payload": {"type": "brand-new-type", "data": {"account_id": A}}},
+    ]
+    got = []
+    for m in msgs:
+        got.extend(events_of(p.on_frame(json.dumps(m).encode(), False, 0.1)))
+    order, fill, position, balance, locate = got
+    assert isinstance(order, Order) and order.status is OrderStatus.PARTIALLY_FILLED
+    assert order.remaining_quantity == Decimal(60) and order.avg_price == Decimal("123.98")
+    assert isinstance(fill, Trade) and fill.side is Side.SELL and fill.price == Decimal("123.99")
+    assert position.quantity == Decimal(-40) and position.avg_price == Decimal("12.5")
+    assert isinstance(balance, Balance) and balance.buying_power == Decimal("500000.0")  # spec's other name
+    assert isinstance(locate, LocateInventory) and locate.quantity == Decimal(1000) and locate.values["used"] == "5"
+    assert p.marks[A] == 6  # the unknown sequenced type still advanced the mark (on_message only)
+    assert map_status("done-for-day", "closed") is OrderStatus.EXPIRED
+    assert map_status(None, "closed", Decimal(5), Decimal(5)) is OrderStatus.FILLED
+
+
+def test_unit_marks_restore_prefers_newer():
+    p = ClearStreetProtocol(marks={A: {"sequence": 5, "trading_day": "2026-03-21"}, B: 7})
+    p.restore_marks({A: {"sequence": 2, "trading_day": "2026-03-22"}, B: 3})
+    assert p.export_marks() == {A: {"sequence": 2, "trading_day": "2026-03-22"},
+                                B: {"sequence": 7, "trading_day": None}}
+    with pytest.raises(ValueError):
+        p.restore_marks({A: "x"})
+
+
+# ============================================================== §8 edge cases over real sockets
+def test_01_exactly_once_in_order_across_forced_reconnects():
+    """Several drops mid-stream: every sequence reaches the callbacks once, in order; missed ones replayed."""
+    with ClearStreetSimulator(hb_interval=None) as sim:
+        publish_orders(sim, 20)  # earlier today: replayed on the first subscribe
+        feed = make_feed(sim)
+        rec = Recorder(feed)
+        feed.subscribe_activity(A)
+        with feed:
+            rec.wait_for("replay_complete")
+            for batch in range(4):  # each drop lands while a batch is being published
+                wait_until(lambda: feed.state == "connected" and sim.subscribers() == 1, 10)
+                before = len(rec.of("order"))
+                thread = threading.Thread(target=publish_orders, args=(sim, 70))
+                thread.start()
+                wait_until(lambda: len(rec.of("order")) >= before + 5, 10)
+                sim.drop()
+                thread.join(20)
+            wait_until(lambda: len(rec.of("order")) >= 300, 15)
+            time.sleep(0.1)
+            orders = rec.of("order")
+            assert seqs(orders) == list(range(1, 301))
+            assert feed.stats.reconnects == 4 and feed.stats.extra["duplicates"] > 0
+            assert all(o.replayed for o in orders[:20])
+            assert feed.marks[A]["sequence"] == 300
+
+
+def test_02_gap_reported_then_healed_by_replay():
+    with ClearStreetSimulator(hb_interval=None) as sim:
+        feed = make_feed(sim)
+        rec = Recorder(feed)
+        feed.subscribe_activity(A)
+        with feed:
+            rec.wait_for("replay_complete")
+            publish_orders(sim, 2)
+            rec.wait_for("order", count=2)
+            sim.gap(2)  # sequences 3 and 4 journaled but never pushed live
+            publish_orders(sim, 3)
+            gap = rec.wait_for("error", lambda e: isinstance(e, GapDetected))[0]
+            assert (gap.account, gap.expected, gap.got) == (A, 3, 5)
+            rec.wait_for("order", count=5, timeout=10)
+            orders = rec.of("order")
+            assert seqs(orders) == [1, 2, 3, 4, 5]
+            assert [o.replayed for o in orders[2:]] == [True, True, True]  # came from the healing replay
+            assert feed.stats.reconnects == 1 and feed.stats.extra["gaps"] == 1
+
+
+def test_03_out_of_order_and_lower_sequence_live():
+    with ClearStreetSimulator(hb_interval=None) as sim:
+        feed = make_feed(sim)
+        rec = Recorder(feed)
+        feed.subscribe_activity(A)
+        with feed:
+            rec.wait_for("replay_complete")
+            publish_orders(sim, 3)
+            rec.wait_for("order", count=3)
+            sim.resend(sequence=1)  # a lower sequence on the live flow: a duplicate, no rewind
+            sim.resend()  # the last one again
+            publish_orders(sim, 1)
+            rec.wait_for("order", count=4)
+            assert seqs(rec.of("order")) == [1, 2, 3, 4] and feed.stats.extra["duplicates"] == 2
+            assert feed.stats.reconnects == 0
+            sim.reorder_next()  # 6 arrives before 5
+            publish_orders(sim, 2)
+            rec.wait_for("order", count=6, timeout=10)
+            assert seqs(rec.of("order")) == [1, 2, 3, 4, 5, 6]
+            assert any(isinstance(e, GapDetected) and e.expected == 5 and e.got == 6 for e in rec.of("error"))
+
+
+def test_04_replay_complete_withheld_times_out_then_live():
+    with ClearStreetSimulator(hb_interval=0.1) as sim:
+        publish_orders(sim, 3)
+        sim.withhold_replay_complete = True
+        feed = make_feed(sim, replay_timeout=0.4, stale_after=2.0)
+        rec = Recorder(feed)
+        feed.subscribe_activity(A)
+        with feed:
+            done = rec.wait_for("replay_complete", timeout=5)[0]
+            assert done.account == A and done.timed_out is True
+            assert [o.replayed for o in rec.of("order")] == [True, True, True]
+            publish_orders(sim, 1)
+            live = rec.wait_for("order", count=4)[-1]
+            assert live.replayed is False and feed.stats.extra["replay_timeouts"] == 1
+            assert feed.stats.reconnects == 0  # heartbeats kept it alive; nothing hung
+
+
+def test_05a_refused_subscribe_reports_details_and_keeps_other_accounts():
+    with ClearStreetSimulator(accounts=(A, B), hb_interval=None) as sim:
+        feed = make_feed(sim)
+        rec = Recorder(feed)
+        feed.subscribe_activity("999999")
+        feed.subscribe_activity(A)
+        with feed:
+            error = rec.wait_for("error")[0]
+            assert "Account 999999 not found" in str(error) and not isinstance(error, AuthenticationError)
+            rec.wait_for("replay_complete", lambda d: d.account == A)
+            publish_orders(sim, 1)
+            assert rec.wait_for("order")[0].account == A
+            assert feed.state == "connected" and feed.stats.reconnects == 0
+
+
+def test_05b_auth_refusal_refreshes_token_once_and_resubscribes():
+    with ClearStreetSimulator(hb_interval=None, token_lifetime=3600) as sim:
+        provider = ClearStreetFeed.client_credentials(sim.client_id, sim.client_secret, auth_url=sim.auth_url)
+        sim.refuse_next_subscribe("Unauthorized: token revoked")
+        feed = make_feed(sim, access_token=None, token_provider=provider)
+        rec = Recorder(feed)
+        feed.subscribe_activity(A)
+        with feed:
+            error = rec.wait_for("error", lambda e: isinstance(e, AuthenticationError))[0]
+            assert "token revoked" in str(error)
+            rec.wait_for("replay_complete")
+            assert provider.fetches == 2  # the cached token was not reused after the refusal
+            first, second = sim.subscribes
+            assert first[1] != second[1]
+            assert feed.state == "connected"
+
+
+def test_05c_refused_twice_stops_the_account_then_the_feed():
+    with ClearStreetSimulator(accounts=(A, B), hb_interval=None) as sim:
+        sim.refused_accounts[B] = "Forbidden: not authorized for this account"
+        feed = make_feed(sim)
+        rec = Recorder(feed)
+        feed.subscribe_activity(A)
+        feed.subscribe_activity(B)
+        with feed:
+            rec.wait_for("error", lambda e: "account stopped" in str(e), timeout=10)
+            subscribes_to_b = [s for s in sim.subscribes if s[0] == B]
+            assert len(subscribes_to_b) == 2  # once, then once more after a refresh: no storm
+            publish_orders(sim, 1)
+            rec.wait_for("order")
+            assert feed.state == "connected"
+        # A single account refused twice: the feed stops with AuthenticationError.
+        with ClearStreetSimulator(hb_interval=None) as sim2:
+            feed2 = make_feed(sim2, access_token="not-a-valid-token")
+            feed2.subscribe_activity(A)
+            feed2.start()
+            try:
+                with pytest.raises(AuthenticationError):
+                    feed2.run_forever()
+                assert len(sim2.subscribes) == 2
+            finally:
+                feed2.stop()
+
+
+def test_06_ack_without_account_id_matched_in_order():
+    with ClearStreetSimulator(accounts=(A, B), hb_interval=None) as sim:
+        sim.ack_without_account = True
+        publish_orders(sim, 2, A)
+        publish_orders(sim, 3, B)
+        feed = make_feed(sim)
+        rec = Recorder(feed)
+        feed.subscribe_activity(A)
+        feed.subscribe_activity(B)
+        with feed:
+            done = rec.wait_for("replay_complete", count=2)
+            assert [d.account for d in done] == [A, B]
+            assert seqs(rec.of("order"), A) == [1, 2] and seqs(rec.of("order"), B) == [1, 2, 3]
+            assert not rec.of("error")
+
+
+def test_07_error_notice_reaches_on_error_and_notice():
+    with ClearStreetSimulator(hb_interval=None) as sim:
+        feed = make_feed(sim)
+        rec = Recorder(feed)
+        feed.subscribe_activity(A)
+        with feed:
+            rec.wait_for("replay_complete")
+            sim.send_error_notice("Internal error: try again", close=True)
+            notice = rec.wait_for("notice")[0]
+            assert isinstance(notice, Notice) and notice.kind == "error" and "try again" in notice.text
+            assert any("try again" in str(e) for e in rec.wait_for("error"))
+            rec.wait_for("connect", lambda c: c.reconnect)  # the close that followed is recovered
+
+
+def test_07b_simulator_answers_malformed_requests_with_error_notice():
+    with ClearStreetSimulator(hb_interval=None) as sim:
+        ws = websocket.create_connection(sim.url, timeout=5)
+        try:
+            ws.send("{not json")
+            assert json.loads(ws.recv())["payload"]["type"] == "error-notice"
+            ws.send(json.dumps({"payload": {"type": "subscribe-activity", "account_id": A}}))  # no token
+            reply = json.loads(ws.recv())["payload"]
+            assert reply["type"] == "error-notice" and "authorization" in reply["details"]
+        finally:
+            ws.close()
+
+
+def test_08_subscribe_deadline_missed_server_closes_and_feed_reconnects():
+    with ClearStreetSimulator(hb_interval=None, subscribe_deadline=0.2) as sim:
+        feed = make_feed(sim)  # no account subscribed: nothing is sent in time
+        rec = Recorder(feed)
+        with feed:
+            notice = rec.wait_for("notice", timeout=5)[0]
+            assert "No subscription received" in notice.text
+            wait_until(lambda: feed.stats.reconnects >= 1, 5)
+            feed.subscribe_activity(A)
+            rec.wait_for("replay_complete", timeout=5)
+
+
+def test_09_token_expiry_reconnects_with_a_fresh_token_and_resubscribes():
+    with ClearStreetSimulator(hb_interval=None, token_lifetime=0.6) as sim:
+        provider = ClearStreetFeed.client_credentials(sim.client_id, sim.client_secret, auth_url=sim.auth_url)
+        feed = make_feed(sim, access_token=None, token_provider=provider)
+        rec = Recorder(feed)
+        feed.subscribe_activity(A)
+        with feed:
+            rec.wait_for("replay_complete")
+            publish_orders(sim, 2)
+            rec.wait_for("connect", lambda c: c.reconnect, timeout=10)  # the server dropped us at expiry
+            rec.wait_for("replay_complete", count=2, timeout=5)
+            publish_orders(sim, 1)
+            rec.wait_for("order", count=3)
+            tokens = [t for _, t in sim.subscribes]
+            assert len(tokens) >= 2 and len(set(tokens)) == len(tokens)  # a fresh token each time
+            assert seqs(rec.of("order")) == [1, 2, 3]
+            assert not [e for e in rec.of("error") if isinstance(e, AuthenticationError)]
+
+
+def test_10_silent_server_detected_as_stale():
+    with ClearStreetSimulator(hb_interval=None) as sim:
+        feed = make_feed(sim, stale_after=0.4)
+        rec = Recorder(feed)
+        feed.subscribe_activity(A)
+        with feed:
+            rec.wait_for("replay_complete")
+            sim.stall()
+            gone = rec.wait_for("disconnect", timeout=5)[0]
+            assert "stale" in gone.reason
+            sim.resume()
+            rec.wait_for("replay_complete", count=2, timeout=5)
+
+
+def test_11_unknown_malformed_and_binary_frames_do_not_disconnect():
+    with ClearStreetSimulator(hb_interval=None) as sim:
+        feed = make_feed(sim)
+        rec = Recorder(feed)
+        feed.subscribe_activity(A)
+        with feed:
+            rec.wait_for("replay_complete")
+            sim.send_unknown()
+            sim.send_malformed()
+            sim.send_binary()
+            rec.wait_for("message", lambda m: isinstance(m, dict) and m["payload"]["type"] == "future-feature")
+            errors = rec.wait_for("error", lambda e: isinstance(e, ProtocolError), count=2)
+            assert len(errors) == 2
+            publish_orders(sim, 1)
+            rec.wait_for("order")
+            assert feed.stats.malformed == 2 and feed.stats.reconnects == 0
+
+
+@pytest.mark.timeout(60)
+def test_12_large_replay_does_not_trip_the_stale_detector():
+    with ClearStreetSimulator(hb_interval=None) as sim:
+        sim.add_history(A, 20_000)
+        feed = make_feed(sim, stale_after=0.5)
+        count = [0, 0]  # orders, out-of-order
+
+        def on_order(order: Order) -> None:
+            count[0] += 1
+            if order.raw["sequence"] != count[0]:
+                count[1] += 1
+
+        feed.on_order(on_order)
+        done = threading.Event()
+        feed.on_replay_complete(lambda _: done.set())
+        feed.subscribe_activity(A)
+        with feed:
+            assert done.wait(40)
+            wait_until(lambda: count[0] == 20_000, 10)
+            assert count[1] == 0
+            assert feed.stats.reconnects == 0 and feed.stats.extra["replayed"] == 20_000
+
+
+def test_13_day_rollover_resets_marks():
+    with ClearStreetSimulator(hb_interval=None) as sim:
+        publish_orders(sim, 3)
+        feed = make_feed(sim)
+        rec = Recorder(feed)
+        feed.subscribe_activity(A)
+        with feed:
+            rec.wait_for("replay_complete")
+            day1 = feed.marks[A]["trading_day"]
+            sim.rollover()
+            publish_orders(sim, 2)  # sequences 1 and 2 of the new day
+            rec.wait_for("order", count=5)
+            assert seqs(rec.of("order")) == [1, 2, 3, 1, 2]
+            assert feed.marks[A]["sequence"] == 2 and feed.marks[A]["trading_day"] > day1
+            assert feed.stats.extra["day_resets"] == 1
+            sim.drop()  # the new day's replay is de-duplicated against the new mark
+            rec.wait_for("replay_complete", count=2)
+            publish_orders(sim, 1)
+            rec.wait_for("order", count=6)
+            assert seqs(rec.of("order")) == [1, 2, 3, 1, 2, 3]
+
+
+def test_14_callback_that_raises_is_reported_and_the_feed_goes_on():
+    with ClearStreetSimulator(hb_interval=None) as sim:
+        feed = make_feed(sim)
+        rec = Recorder(feed)
+
+        @feed.on_order
+        def explode(order: Order) -> None:
+            raise RuntimeError("user bug")
+
+        feed.subscribe_activity(A)
+        with feed:
+            rec.wait_for("replay_complete")
+            publish_orders(sim, 2)
+            rec.wait_for("order", count=2)
+            errors = rec.wait_for("error", lambda e: isinstance(e, CallbackError), count=2)
+            assert isinstance(errors[0].__cause__, RuntimeError)
+            assert feed.stats.callback_errors == 2 and feed.stats.reconnects == 0
+
+
+def test_15_stop_while_reconnecting_and_from_a_callback_is_clean():
+    sim = ClearStreetSimulator(hb_interval=None).start()
+    feed = make_feed(sim)
+    feed.subscribe_activity(A)
+    try:
+        feed.start()
+        assert feed.wait_connected(5)
+        sim.stop()  # the server is gone: the feed keeps retrying
+        wait_until(lambda: feed.state == "reconnecting", 5)
+    finally:
+        assert feed.stop(3)
+        assert feed.stop(3)  # idempotent
+        sim.stop()
+    assert feed.state == "stopped" and not feed_threads()
+    # stop() from inside a callback, during the replay of a subscribe
+    with ClearStreetSimulator(hb_interval=None) as sim2:
+        publish_orders(sim2, 50)
+        feed2 = make_feed(sim2)
+        feed2.on_order(lambda order: feed2.stop())
+        feed2.subscribe_activity(A)
+        feed2.start()
+        try:
+            wait_until(lambda: feed2.state == "stopped", 5)
+        finally:
+            feed2.stop()
+
+
+# ============================================================== feed features
+def test_marks_restored_in_a_new_feed_do_not_refire_the_day(tmp_path):
+    with ClearStreetSimulator(hb_interval=None) as sim:
+        publish_orders(sim, 5)
+        store = JsonFileMarkStore(str(tmp_path / "marks.json"))
+        feed = make_feed(sim, sequence_store=store, store_interval=0.1)
+        rec = Recorder(feed)
+        feed.subscribe_activity(A)
+        with feed:
+            rec.wait_for("replay_complete")
+            rec.wait_for("order", count=5)
+        assert json.loads((tmp_path / "marks.json").read_text())[A]["sequence"] == 5
+        publish_orders(sim, 2)  # while "the process" was down
+
+        # A new process restores from the store: only the two missed orders arrive.
+        feed2 = make_feed(sim, sequence_store=JsonFileMarkStore(str(tmp_path / "marks.json")))
+        rec2 = Recorder(feed2)
+        feed2.subscribe_activity(A)
+        with feed2:
+            rec2.wait_for("replay_complete")
+            rec2.wait_for("order", count=2)
+            assert seqs(rec2.of("order")) == [6, 7] and all(o.replayed for o in rec2.of("order"))
+            assert feed2.stats.extra["duplicates"] == 5
+        # ... and the same with the explicit hooks: feed.marks -> marks= / restore_marks().
+        feed3 = make_feed(sim)
+        feed3.restore_marks(feed2.marks)
+        rec3 = Recorder(feed3)
+        feed3.subscribe_activity(A)
+        with feed3:
+            rec3.wait_for("replay_complete")
+            publish_orders(sim, 1)
+            rec3.wait_for("order")
+            assert seqs(rec3.of("order")) == [8]
+        # Restarting the same feed object keeps its marks too.
+        with feed3:
+            rec3.wait_for("replay_complete", count=2)
+            publish_orders(sim, 1)
+            rec3.wait_for("order", count=2)
+            assert seqs(rec3.of("order")) == [8, 9]
+
+
+def test_unsubscribe_recycles_the_connection_without_the_account():
+    with ClearStreetSimulator(accounts=(A, B), hb_interval=None) as sim:
+        feed = make_feed(sim)
+        rec = Recorder(feed)
+        feed.subscribe_activity(A)
+        feed.subscribe_activity(B)
+        with feed:
+            rec.wait_for("replay_complete", count=2)
+            assert feed.unsubscribe_activity(B)
+            rec.wait_for("connect", lambda c: c.reconnect and c.subscriptions == 1)
+            rec.wait_for("replay_complete", count=3)
+            assert [s[0] for s in sim.subscribes] == [A, B, A]
+            publish_orders(sim, 1, B)
+            publish_orders(sim, 1, A)
+            rec.wait_for("order")
+            assert [o.account for o in rec.of("order")] == [A]
+            assert feed.accounts == (A,)
+
+
+def test_heartbeats_are_liveness_and_reach_no_callback():
+    with ClearStreetSimulator(hb_interval=0.05) as sim:
+        feed = make_feed(sim, stale_after=0.3)
+        rec = Recorder(feed)
+        feed.subscribe_activity(A)
+        with feed:
+            rec.wait_for("replay_complete")
+            start = feed.stats.messages
+            wait_until(lambda: feed.stats.messages >= start + 20, 5)  # ~1 s of heartbeats only
+            assert feed.stats.reconnects == 0
+            assert not [m for m in rec.of("message") if m.get("payload", {}).get("type") == "heartbeat"]
+
+
+def test_poll_pnl_and_every_event_kind():
+    with ClearStreetSimulator(hb_interval=None) as sim:
+        feed = make_feed(sim, poll_pnl=0.1)
+        rec = Recorder(feed)
+        feed.subscribe_activity(A)
+        with feed:
+            rec.wait_for("replay_complete")
+            rec.wait_for("pnl")
+            order_id = sim.place_order("AAPL", "buy", 100, 190.5)
+            sim.fill(order_id, 100, 190.4)
+            sim.set_locate("GME", available=500, reserved=10)
+            sim.set_pnl(day_pnl=12.5, unrealized_pnl=-3.25)
+            pnl = rec.wait_for("pnl", lambda p: p.daily_pnl == Decimal("12.5"))[0]
+            assert pnl.unrealized_pnl == Decimal("-3.25") and pnl.account == A
+            order = rec.wait_for("order", lambda o: o.status is OrderStatus.FILLED)[0]
+            assert order.avg_price == Decimal("190.4") and order.remaining_quantity == 0
+            assert rec.wait_for("trade")[0].quantity == Decimal(100)
+            assert rec.wait_for("position")[0].quantity == Decimal(100)
+            assert rec.wait_for("balance")[0].buying_power is not None
+            assert rec.wait_for("locate")[0].symbol == "GME"
+            assert len(rec.of("pnl")) == 2  # polls that change nothing produce nothing
+
+
+def test_client_credentials_caches_and_maps_errors():
+    with ClearStreetSimulator(hb_interval=None, token_lifetime=3600) as sim:
+        provider = ClientCredentials(sim.client_id, sim.client_secret, auth_url=sim.auth_url)
+        token = provider()
+        assert provider() == token and sim.token_requests == 1
+        provider.invalidate()
+        assert provider() != token and sim.token_requests == 2
+        assert sim.client_secret not in repr(provider)
+        bad = ClientCredentials(sim.client_id, "wrong-secret-value", auth_url=sim.auth_url)
+        with pytest.raises(AuthenticationError) as info:
+            bad()
+        assert "wrong-secret-value" not in str(info.value)
+        short = ClientCredentials(sim.client_id, sim.client_secret, auth_url=sim.auth_url)
+        sim.token_lifetime = 0.2
+        first = short()
+        time.sleep(0.15)  # past half the lifetime: the next call renews
+        assert short() != first
+
+
+def test_secrets_never_logged(debug_log):
+    with ClearStreetSimulator(hb_interval=None, token_lifetime=3600) as sim:
+        provider = ClearStreetFeed.client_credentials(sim.client_id, sim.client_secret, auth_url=sim.auth_url)
+        feed = make_feed(sim, access_token=None, token_provider=provider, poll_pnl=0.1)
+        rec = Recorder(feed)
+        feed.subscribe_activity(A)
+        with feed:
+            rec.wait_for("replay_complete")
+            rec.wait_for("pnl")
+            sim.refuse_next_subscribe("Unauthorized: token expired")
+            sim.drop()
+            rec.wait_for("replay_complete", count=2, timeout=5)
+            text = debug_log.text + repr(feed) + "".join(str(e) for e in rec.of("error"))
+        tokens = {t for _, t in sim.subscribes}
+        assert tokens and "authorization" in debug_log.text  # the subscribe frames were logged...
+        for secret in tokens | {sim.client_secret}:
+            assert secret not in text  # ... masked
+
+
+def test_constructor_does_no_io_and_validates():
+    feed = ClearStreetFeed(access_token="tok-x" * 3)
+    assert feed.state == "idle" and feed.url == "wss://api.clearstreet.io/studio/v2/ws"
+    assert feed.rest_url == "https://api.clearstreet.io/studio/v2"
+    with pytest.raises(ValueError):
+        ClearStreetFeed()
+    with pytest.raises(ValueError):
+        feed.subscribe_activity(" ")
+
+
+@pytest.mark.timeout(60)
+def test_example_runs_standalone_against_the_simulator():
+    result = subprocess.run([sys.executable, str(ROOT / "examples" / "clearstreet_activity.py")], cwd=ROOT,
+                            capture_output=True, text=True, timeout=30,
+                            env={k: v for k, v in __import__("os").environ.items()
+                                 if not k.startswith("CLEARSTREET_")})
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "PARTIALLY_FILLED (partially-filled), filled 30 (replayed)" in out
+    assert "replay complete; live now" in out
+    assert "-> FILLED (filled), filled 100\n" in out and "CANCELLED" in out
+
+
+@pytest.mark.timeout(60)
+def test_demo_runs_and_recovers():
+    result = subprocess.run([sys.executable, "-m", "brokerfeeds.cli", "demo", "--broker", "clearstreet",
+                             "--duration", "2"], cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert "-- reconnected" in result.stdout and "(replayed)" in result.stdout
+    assert "1 reconnect(s)" in result.stdout
