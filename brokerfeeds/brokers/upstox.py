@@ -300,13 +300,15 @@ class UpstoxProtocol(Protocol):
         """An :class:`Order` for each row that changed, plus a :class:`Trade` per new fill.
 
         With ``derive_fills=False`` (the first snapshot after start) fills already in the
-        rows are recorded as known history and produce no :class:`Trade`. A row older
-        than what the stream already said is ignored (the tracker refuses regressions).
+        rows of orders the stream has not reported yet are recorded as known history and
+        produce no :class:`Trade`. A row older than what the stream already said is
+        ignored (the tracker refuses regressions).
         """
         out: List[Output] = []
         for raw in rows:
             if not isinstance(raw, dict) or raw.get("order_id") in (None, ""):
                 continue
+            known = self.orders.get(str(raw["order_id"])) is not None
             order = self.orders.update_order(order_from(raw, self.account))
             if order is None:
                 continue
@@ -314,7 +316,7 @@ class UpstoxProtocol(Protocol):
             if instrument and order.symbol and order.symbol != instrument:
                 self._symbols.setdefault(instrument, order.symbol)
             out.append(order)
-            if not derive_fills:
+            if not derive_fills and not known:
                 self.fills.seed(order)
                 continue
             fill = self.fills.observe(order)
