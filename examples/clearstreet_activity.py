@@ -15,6 +15,7 @@ import argparse
 import os
 import sys
 import time
+from typing import Callable, List
 
 from brokerfeeds.brokers.clearstreet import ClearStreetFeed, JsonFileMarkStore
 from brokerfeeds.events import Balance, Order, Position, ReplayComplete, Trade
@@ -43,7 +44,7 @@ def show_replay_done(done: ReplayComplete) -> None:
     print(f"-- account {done.account}: replay complete{' (timed out)' if done.timed_out else ''}; live now")
 
 
-def watch(feed: ClearStreetFeed, accounts: list) -> None:
+def watch(feed: ClearStreetFeed, accounts: List[str]) -> None:
     feed.on_order(show_order)
     feed.on_trade(show_fill)
     feed.on_position(show_position)
@@ -84,7 +85,7 @@ def main() -> int:
             token_provider=ClearStreetFeed.client_credentials(sim.client_id, sim.client_secret,
                                                               auth_url=sim.auth_url),
             url=sim.url, rest_url=sim.rest_url)
-        done = []
+        done: List[ReplayComplete] = []
         feed.on_replay_complete(done.append)
         watch(feed, [sim.account])
         with feed:
@@ -99,7 +100,7 @@ def main() -> int:
     return 0
 
 
-def _wait(predicate, timeout: float) -> bool:  # type: ignore[no-untyped-def]
+def _wait(predicate: Callable[[], bool], timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():

@@ -460,7 +460,8 @@ def test_11_unknown_malformed_and_binary_frames_do_not_disconnect():
 def test_12_large_replay_does_not_trip_the_stale_detector():
     with ClearStreetSimulator(hb_interval=None) as sim:
         sim.add_history(A, 20_000)
-        feed = make_feed(sim, stale_after=0.5)
+        # The replay takes several times stale_after to arrive: only its frames keep it alive.
+        feed = make_feed(sim, stale_after=0.3)
         count = [0, 0]  # orders, out-of-order
 
         def on_order(order: Order) -> None:

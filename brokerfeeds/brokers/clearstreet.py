@@ -367,10 +367,12 @@ class ClearStreetProtocol(Protocol):
         if not isinstance(message, dict):
             return [RawMessage(message)]
         payload = message.get("payload")
-        kind = payload.get("type") if isinstance(payload, dict) else None
+        if not isinstance(payload, dict):
+            return [RawMessage(message)]
+        kind = payload.get("type")
         if kind == "heartbeat":
             return []
-        if message.get("sequence") is not None and isinstance(payload, dict):
+        if message.get("sequence") is not None:
             return self._on_sequenced(message, payload, str(kind), now)
         out: List[Output] = [RawMessage(message)]
         if kind == "subscribe-activity-ack":
@@ -409,7 +411,7 @@ class ClearStreetProtocol(Protocol):
                     Reconnect(f"account {acct}: token refused; reconnecting with a fresh token", immediate=True)]
         self.failed.add(acct)
         error = AuthenticationError(text + " (again after a token refresh: account stopped)")
-        if self.accounts or any(a not in self.failed for a in self._replaying):
+        if self.accounts:  # other accounts on this connection go on
             return [Report(error)]
         return [Fatal(error)]
 
@@ -590,6 +592,16 @@ _DECODERS: Dict[str, Callable[[ClearStreetProtocol, Dict[str, Any], Dict[str, An
     "buying-power-update": ClearStreetProtocol._buying_power,
     "locate-inventory-update": ClearStreetProtocol._locate,
 }
+
+
+def _pnl_applier(account: str, body: Any) -> Callable[[Protocol], Sequence[Output]]:
+    """``fn(protocol)`` for :meth:`Feed._apply`: a polled pnl-summary into the adapter."""
+
+    def apply(protocol: Protocol) -> Sequence[Output]:
+        assert isinstance(protocol, ClearStreetProtocol)
+        return protocol.pnl_update(account, body)
+
+    return apply
 
 
 # ================================================================= credentials
@@ -901,7 +913,7 @@ class ClearStreetFeed(Feed):
         if self.poll_pnl:
             jobs.append((self.poll_pnl, self._poll_pnl, "pnl poll", True))
         if self.sequence_store is not None:
-            jobs.append((self.store_interval, lambda: (self._save_marks(), ())[1], "mark store", False))
+            jobs.append((self.store_interval, self._store_job, "mark store", False))
         return jobs
 
     def _after_ready(self, reconnect: bool) -> Sequence[Output]:
@@ -912,7 +924,7 @@ class ClearStreetFeed(Feed):
     def _poll_pnl(self) -> Sequence[Output]:
         for account in self.accounts:
             body = self._rest_with_token("GET", f"accounts/{account}/pnl-summary")
-            self._apply(lambda protocol, a=account, b=body: protocol.pnl_update(a, b))  # type: ignore[attr-defined]
+            self._apply(_pnl_applier(account, body))
         return ()
 
     def _rest_with_token(self, method: str, path: str) -> Any:
@@ -925,6 +937,10 @@ class ClearStreetFeed(Feed):
                 if attempt or not self._retry_auth(AuthenticationError("REST refused the token")):
                     raise
         return None  # pragma: no cover
+
+    def _store_job(self) -> Sequence[Output]:
+        self._save_marks()
+        return ()
 
     def _save_marks(self) -> None:
         store = self.sequence_store
