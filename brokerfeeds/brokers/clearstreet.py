@@ -756,7 +756,10 @@ class ClearStreetFeed(Feed):
     Sequence marks: ``feed.marks`` exports them, ``marks=`` / :meth:`restore_marks`
     adopts saved ones, and ``sequence_store=`` (a :class:`MarkStore`, e.g.
     :class:`JsonFileMarkStore`) loads them at start and saves them as they change, so a
-    restarted process does not re-deliver the trading day.
+    restarted process does not re-deliver the trading day. A mark moves when the adapter
+    accepts a frame, just before its callbacks run; to persist strictly after your own
+    processing, save ``event.raw["sequence"]`` (every event keeps its whole frame in ``raw``)
+    and pass those marks back with ``marks=``.
 
     ``poll_pnl`` (seconds) polls REST ``/accounts/{id}/pnl-summary`` for ``on_pnl`` (the
     channel has no P&L). The socket has no client heartbeat: WebSocket pings every
