@@ -386,11 +386,11 @@ class UpstoxProtocol(Protocol):
             if self.positions.update(key, position) is not None:
                 out.append(position)
         if snapshot:
-            for key in self.positions.keys():
-                if key in seen:
+            for old_key in self.positions.keys():
+                if old_key in seen:
                     continue
-                closed = self.positions.get(key)
-                self.positions.forget(key)
+                closed = self.positions.get(old_key)
+                self.positions.forget(old_key)
                 if closed is not None and closed.quantity:
                     out.append(Position(broker=BROKER, account=closed.account, symbol=closed.symbol,
                                         quantity=Decimal(0), realized_pnl=closed.realized_pnl,
@@ -656,7 +656,7 @@ class UpstoxFeed(Feed):
     def _after_ready(self, reconnect: bool) -> Sequence[Output]:
         """Reconcile from REST; only what changed while away produces events."""
         kinds = {s.kind for s in self.subscriptions} or {"orders"}
-        steps: List[Tuple[str, Callable[[], None]]] = [("account lookup", self._learn_account)]
+        steps: List[Tuple[str, Callable[[], Any]]] = [("account lookup", self._learn_account)]
         if "orders" in kinds:
             steps.append(("order reconciliation", lambda: self._reconcile_orders(reconnect)))
         if "positions" in kinds or self.poll_pnl:
