@@ -9,7 +9,9 @@ normalised events, through one calm, thread-based callback API.
     feed.start()
 """
 
+from .brokers.clearstreet import ClearStreetFeed
 from .brokers.ibkr import IbkrFeed
+from .brokers.upstox import UpstoxFeed
 from .errors import AuthenticationError, BrokerFeedsError, ProtocolError
 from .feed import Feed, FeedStats
 from .protocol import Subscription
@@ -21,6 +23,8 @@ __all__ = [
     "Feed",
     "FeedStats",
     "IbkrFeed",
+    "UpstoxFeed",
+    "ClearStreetFeed",
     "ReconnectPolicy",
     "Subscription",
     "BrokerFeedsError",

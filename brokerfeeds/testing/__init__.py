@@ -6,6 +6,8 @@ threads, scriptable from synchronous code and able to inject faults. They need t
 """
 
 from ._server import SimulatorBase
+from .clearstreet import ClearStreetSimulator
 from .ibkr import IbkrSimulator
+from .upstox import UpstoxSimulator
 
-__all__ = ["SimulatorBase", "IbkrSimulator"]
+__all__ = ["SimulatorBase", "IbkrSimulator", "UpstoxSimulator", "ClearStreetSimulator"]
