@@ -17,7 +17,7 @@ import argparse
 import os
 import sys
 import time
-from typing import Optional
+from typing import Any, Dict, Optional
 
 from brokerfeeds.brokers.firstock import FirstockFeed
 from brokerfeeds.errors import BrokerFeedsError
@@ -34,7 +34,7 @@ def build_feed(url: Optional[str] = None, rest_url: Optional[str] = None, jkey: 
         jkey = os.environ.get("FIRSTOCK_JKEY") or FirstockFeed.login(
             user_id, os.environ["FIRSTOCK_PASSWORD"], os.environ["FIRSTOCK_TOTP"],
             os.environ["FIRSTOCK_VENDOR_CODE"], os.environ["FIRSTOCK_API_KEY"])
-    kwargs = {"url": url} if url else {}
+    kwargs: Dict[str, Any] = {"url": url} if url else {}
     if rest_url:
         kwargs["rest_url"] = rest_url
     return FirstockFeed(user_id, jkey, poll_pnl=5.0, **kwargs)

@@ -755,7 +755,12 @@ class FirstockFeed(Feed):
 
     def _refresh_orders(self) -> Sequence[Output]:
         wanted: List[bool] = []
-        self._apply(lambda p: wanted.append(p.take_order_refresh()) or [])  # type: ignore[attr-defined]
+
+        def take(protocol: Protocol) -> List[Output]:
+            wanted.append(protocol.take_order_refresh())  # type: ignore[attr-defined]
+            return []
+
+        self._apply(take)
         if wanted and wanted[0]:
             orders = self._rest_call("orderBook")
             self._apply(lambda p: p.merge_orders(orders, rest=True))  # type: ignore[attr-defined]
