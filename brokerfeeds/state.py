@@ -8,11 +8,37 @@ same mechanism for every broker.
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Any, Callable, Dict, Generic, Hashable, Optional, Tuple, TypeVar
+import re
+from typing import Any, Callable, Dict, Generic, Hashable, Mapping, Optional, Tuple, TypeVar
 
-from .events import Order
+from .events import Order, OrderStatus
 
-__all__ = ["ChangeTracker", "OrderTracker", "FillTracker", "Snapshots"]
+__all__ = ["ChangeTracker", "OrderTracker", "FillTracker", "Snapshots", "status_table", "map_order_status"]
+
+_NOT_ALNUM = re.compile(r"[^0-9a-z]+")
+
+
+def _status_key(word: Any) -> str:
+    return _NOT_ALNUM.sub("", str(word).lower()) if word is not None else ""
+
+
+def status_table(words: Mapping[str, OrderStatus]) -> Dict[str, OrderStatus]:
+    """A broker's status table, keyed so that case, spaces, ``_`` and ``-`` do not matter."""
+    return {_status_key(word): status for word, status in words.items()}
+
+
+def map_order_status(
+    table: Mapping[str, OrderStatus], word: Any, filled: Optional[Decimal], quantity: Optional[Decimal]
+) -> OrderStatus:
+    """The broker's status ``word`` looked up in ``table`` (built by :func:`status_table`).
+
+    Unknown words are ``UNKNOWN``; a working (``OPEN``) order becomes
+    ``PARTIALLY_FILLED`` once part of its quantity is filled.
+    """
+    status = table.get(_status_key(word), OrderStatus.UNKNOWN)
+    if status is OrderStatus.OPEN and filled and quantity and 0 < filled < quantity:
+        return OrderStatus.PARTIALLY_FILLED
+    return status
 
 E = TypeVar("E")
 

@@ -66,7 +66,7 @@ from ..protocol import (
     excerpt,
     first,
 )
-from ..state import ChangeTracker, OrderTracker, Snapshots
+from ..state import ChangeTracker, OrderTracker, Snapshots, map_order_status, status_table
 from ..transport import ConnectTarget
 from ..values import from_epoch_ms, loads, to_decimal, to_text
 
@@ -74,17 +74,17 @@ __all__ = ["IbkrFeed", "IbkrProtocol", "STATUS_MAP", "DEFAULT_QUOTE_FIELDS"]
 
 BROKER = "ibkr"
 
-STATUS_MAP: Dict[str, OrderStatus] = {
-    "pendingsubmit": OrderStatus.PENDING,
-    "apipending": OrderStatus.PENDING,
-    "presubmitted": OrderStatus.OPEN,
-    "submitted": OrderStatus.OPEN,
-    "pendingcancel": OrderStatus.OPEN,
-    "filled": OrderStatus.FILLED,
-    "cancelled": OrderStatus.CANCELLED,
-    "apicancelled": OrderStatus.CANCELLED,
-    "inactive": OrderStatus.REJECTED,
-}
+STATUS_MAP: Dict[str, OrderStatus] = status_table({
+    "PendingSubmit": OrderStatus.PENDING,
+    "ApiPending": OrderStatus.PENDING,
+    "PreSubmitted": OrderStatus.OPEN,
+    "Submitted": OrderStatus.OPEN,
+    "PendingCancel": OrderStatus.OPEN,
+    "Filled": OrderStatus.FILLED,
+    "Cancelled": OrderStatus.CANCELLED,
+    "ApiCancelled": OrderStatus.CANCELLED,
+    "Inactive": OrderStatus.REJECTED,
+})
 
 #: last, bid, ask, bid size, ask size, volume (raw), volume (formatted), market data availability.
 DEFAULT_QUOTE_FIELDS: Tuple[str, ...] = ("31", "84", "86", "88", "85", "7762", "87", "6509")
@@ -97,10 +97,7 @@ _ORDERS, _TRADES, _PNL, _QUOTES, _SUMMARY = "orders", "trades", "pnl", "quotes",
 
 def map_status(word: Optional[str], filled: Optional[Decimal], quantity: Optional[Decimal]) -> OrderStatus:
     """IBKR's status word (and fill progress) as an :class:`OrderStatus`."""
-    status = STATUS_MAP.get((word or "").replace("_", "").lower(), OrderStatus.UNKNOWN)
-    if status is OrderStatus.OPEN and filled and quantity and 0 < filled < quantity:
-        return OrderStatus.PARTIALLY_FILLED
-    return status
+    return map_order_status(STATUS_MAP, word, filled, quantity)
 
 
 def _side(value: Any) -> Optional[Side]:

@@ -63,7 +63,7 @@ from ..errors import AuthenticationError, BrokerFeedsError, ConnectionFailed, Pr
 from ..events import GttOrder, Holding, Order, OrderStatus, PnL, Position, Side, Trade
 from ..feed import Feed
 from ..protocol import Output, Protocol, RawMessage, Reconnect, Subscription, excerpt, first
-from ..state import ChangeTracker, FillTracker, OrderTracker
+from ..state import ChangeTracker, FillTracker, OrderTracker, map_order_status, status_table
 from ..transport import ConnectTarget
 from ..values import loads, to_decimal, to_text
 
@@ -100,7 +100,7 @@ UPDATE_TYPES: Dict[str, str] = {
 }
 
 _PENDING, _OPEN = OrderStatus.PENDING, OrderStatus.OPEN
-STATUS_MAP: Dict[str, OrderStatus] = {
+STATUS_MAP: Dict[str, OrderStatus] = status_table({
     "put order req received": _PENDING,
     "validation pending": _PENDING,
     "open pending": _PENDING,
@@ -118,7 +118,7 @@ STATUS_MAP: Dict[str, OrderStatus] = {
     "rejected": OrderStatus.REJECTED,
     "cancelled": OrderStatus.CANCELLED,
     "cancelled after market order": OrderStatus.CANCELLED,
-}
+})
 
 #: Segments (``NSE_EQ``) as sent on positions and GTT orders → the exchange names orders use.
 _SEGMENT_EXCHANGE: Dict[str, str] = {
@@ -172,10 +172,7 @@ def next_token_expiry(after: _dt.datetime) -> _dt.datetime:
 
 def map_status(word: Optional[str], filled: Optional[Decimal], quantity: Optional[Decimal]) -> OrderStatus:
     """Upstox's status phrase (and fill progress) as an :class:`OrderStatus`."""
-    status = STATUS_MAP.get(" ".join((word or "").lower().replace("_", " ").split()), OrderStatus.UNKNOWN)
-    if status is OrderStatus.OPEN and filled and quantity and 0 < filled < quantity:
-        return OrderStatus.PARTIALLY_FILLED
-    return status
+    return map_order_status(STATUS_MAP, word, filled, quantity)
 
 
 def _exchange(value: Any) -> Optional[str]:
