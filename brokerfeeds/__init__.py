@@ -10,6 +10,7 @@ normalised events, through one calm, thread-based callback API.
 """
 
 from .brokers.clearstreet import ClearStreetFeed
+from .brokers.firstock import FirstockFeed
 from .brokers.ibkr import IbkrFeed
 from .brokers.upstox import UpstoxFeed
 from .errors import AuthenticationError, BrokerFeedsError, ProtocolError
@@ -24,6 +25,7 @@ __all__ = [
     "FeedStats",
     "IbkrFeed",
     "UpstoxFeed",
+    "FirstockFeed",
     "ClearStreetFeed",
     "ReconnectPolicy",
     "Subscription",

@@ -26,7 +26,12 @@ class BrokerFeedsError(Exception):
 
 
 class ConnectionFailed(BrokerFeedsError):
-    """A connection attempt or an established connection failed (the feed retries)."""
+    """A connection attempt or an established connection failed (the feed retries).
+
+    ``status`` is the HTTP status when a REST call answered with an error, else None.
+    """
+
+    status: Optional[int] = None
 
 
 class AuthenticationError(BrokerFeedsError):

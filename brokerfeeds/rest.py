@@ -70,7 +70,9 @@ class RestClient:
                 raise AuthenticationError(message)
             if status == 429:
                 raise RateLimited(message, _seconds(response.headers.get("Retry-After")))
-            raise ConnectionFailed(message)
+            error = ConnectionFailed(message)
+            error.status = status
+            raise error
         if not response.content:
             return None
         try:

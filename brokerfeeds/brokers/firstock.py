@@ -62,7 +62,6 @@ import urllib.parse
 from decimal import Decimal, InvalidOperation
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
-import requests
 
 from ..errors import (
     AuthenticationError,
@@ -86,7 +85,8 @@ from ..protocol import (
     first,
 )
 from ..redact import Redactor
-from ..state import ChangeTracker, FillTracker, OrderTracker, Snapshots
+from ..rest import RestClient
+from ..state import ChangeTracker, FillTracker, OrderTracker, Snapshots, map_order_status, status_table
 from ..transport import ConnectTarget
 from ..values import loads, to_decimal, to_text, utc
 
@@ -105,7 +105,7 @@ DEFAULT_URL = "wss://socket.firstock.in/V2/ws"
 DEFAULT_REST_URL = "https://api.firstock.in/V1"
 QUOTES = "quotes"
 
-STATUS_MAP: Dict[str, OrderStatus] = {
+STATUS_MAP: Dict[str, OrderStatus] = status_table({
     "ORDERACK": OrderStatus.PENDING,
     "ORDERPENDING": OrderStatus.PENDING,
     "PENDING": OrderStatus.PENDING,
@@ -125,7 +125,7 @@ STATUS_MAP: Dict[str, OrderStatus] = {
     "AMOCANCELLED": OrderStatus.CANCELLED,
     "REJECTED": OrderStatus.REJECTED,
     "EXPIRED": OrderStatus.EXPIRED,
-}
+})
 
 _SIDES = {"B": Side.BUY, "BUY": Side.BUY, "S": Side.SELL, "SELL": Side.SELL}
 _SESSION_LIMIT = "maximum sessions limit"
@@ -172,11 +172,7 @@ def split_instruments(*instruments: Union[str, Iterable[str]]) -> List[str]:
 
 def map_status(word: Optional[str], filled: Optional[Decimal], quantity: Optional[Decimal]) -> OrderStatus:
     """Firstock's status word (and fill progress) as an :class:`OrderStatus`."""
-    key = re.sub(r"[\s_\-]", "", (word or "").upper())
-    status = STATUS_MAP.get(key, OrderStatus.UNKNOWN)
-    if status is OrderStatus.OPEN and filled and quantity and 0 < filled < quantity:
-        return OrderStatus.PARTIALLY_FILLED
-    return status
+    return map_order_status(STATUS_MAP, word, filled, quantity)
 
 
 def _missing(value: Any) -> bool:
@@ -690,23 +686,21 @@ class FirstockFeed(Feed):
         redactor = Redactor()
         redactor.add(password, hashed, totp, api_key)
         body = {"userId": user_id, "password": hashed, "TOTP": totp, "vendorCode": vendor_code, "apiKey": api_key}
+        rest = RestClient(rest_url, verify=verify, timeout=timeout, redactor=redactor, error_text=_rest_reason)
         try:
-            response = requests.post(rest_url.rstrip("/") + "/login", json=body, timeout=timeout, verify=verify,
-                                     headers={"User-Agent": "brokerfeeds"})
-        except requests.RequestException as exc:
-            raise ConnectionFailed(f"login failed: {type(exc).__name__}") from None
-        try:
-            reply = response.json()
-        except ValueError:
-            reply = None
-        reason = _rest_reason(reply) or f"HTTP {response.status_code}"
-        if response.status_code == 429:
-            raise RateLimited(redactor.redact(f"login rate-limited: {reason}"))
-        if response.status_code >= 500:
-            raise ConnectionFailed(redactor.redact(f"login failed with HTTP {response.status_code}: {reason}"))
+            reply = rest.post("login", json=body)
+        except ConnectionFailed as exc:
+            if isinstance(exc, RateLimited) or exc.status is None or exc.status >= 500:
+                raise
+            raise AuthenticationError(f"Firstock login refused: {exc}") from None  # 4xx: bad credentials
+        except AuthenticationError as exc:
+            raise AuthenticationError(f"Firstock login refused: {exc}") from None
+        finally:
+            rest.close()
         data = reply.get("data") if isinstance(reply, dict) else None
         token = data.get("susertoken") if isinstance(data, dict) else None
-        if response.status_code >= 400 or not isinstance(reply, dict) or reply.get("status") != "success" or not token:
+        if not isinstance(reply, dict) or reply.get("status") != "success" or not token:
+            reason = _rest_reason(reply) or "no jKey in the reply"
             raise AuthenticationError(redactor.redact(f"Firstock login refused: {reason}"))
         return str(token)
 

@@ -7,7 +7,9 @@ threads, scriptable from synchronous code and able to inject faults. They need t
 
 from ._server import SimulatorBase
 from .clearstreet import ClearStreetSimulator
+from .firstock import FirstockSimulator
 from .ibkr import IbkrSimulator
 from .upstox import UpstoxSimulator
 
-__all__ = ["SimulatorBase", "IbkrSimulator", "UpstoxSimulator", "ClearStreetSimulator"]
+__all__ = ["SimulatorBase", "IbkrSimulator", "UpstoxSimulator", "FirstockSimulator",
+           "ClearStreetSimulator"]
