@@ -9,6 +9,7 @@ through ``out``. The return value is the process exit code.
 from __future__ import annotations
 
 import importlib
+import time
 from typing import Any, Callable
 
 from ..events import (
@@ -28,7 +29,7 @@ from ..events import (
     Trade,
 )
 
-__all__ = ["BROKERS", "run", "describe"]
+__all__ = ["BROKERS", "run", "describe", "attach", "wait_until"]
 
 BROKERS = ("ibkr", "upstox", "firstock", "clearstreet")
 
@@ -61,14 +62,15 @@ def describe(item: Any) -> str:
                 f"{_n(item.quantity)} @ {_n(item.price)}{'  (replayed)' if item.replayed else ''}")
     if isinstance(item, Position):
         return (f"POSITION {item.symbol:<21} qty {_n(item.quantity)} avg {_n(item.avg_price)} "
-                f"uPnL {_n(item.unrealized_pnl)} rPnL {_n(item.realized_pnl)}")
+                f"uPnL {_n(item.unrealized_pnl)} rPnL {_n(item.realized_pnl)}{'  (replayed)' if item.replayed else ''}")
     if isinstance(item, PnL):
         return (f"PNL      {item.account or '':<21} daily {_n(item.daily_pnl)} unrealized {_n(item.unrealized_pnl)} "
                 f"realized {_n(item.realized_pnl)} netliq {_n(item.net_liquidation)}")
     if isinstance(item, Holding):
         return f"HOLDING  {item.symbol:<21} qty {_n(item.quantity)} avg {_n(item.avg_price)}"
     if isinstance(item, Balance):
-        return f"BALANCE  {item.account or '':<21} buying power {_n(item.buying_power)} cash {_n(item.cash)}"
+        return (f"BALANCE  {item.account or '':<21} buying power {_n(item.buying_power)} cash {_n(item.cash)}"
+                f"{'  (replayed)' if item.replayed else ''}")
     if isinstance(item, Quote):
         return (f"QUOTE    {item.instrument:<21} last {_n(item.last)} bid {_n(item.bid)} ask {_n(item.ask)} "
                 f"vol {_n(item.volume)}")
@@ -97,3 +99,13 @@ def attach(feed: Any, out: Out, kinds: tuple = ("order", "trade", "position", "p
     """Print every event of ``kinds`` from ``feed`` through ``out``."""
     for kind in kinds:
         feed.on(kind, lambda item: out(describe(item)))
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float) -> bool:
+    """Poll ``predicate`` until it is true (True) or ``timeout`` seconds pass (False)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return False

@@ -8,7 +8,7 @@ from typing import Callable
 from ..brokers.clearstreet import ClearStreetFeed
 from ..reconnect import ReconnectPolicy
 from ..testing.clearstreet import ClearStreetSimulator
-from . import attach
+from . import attach, wait_until
 
 
 def run(out: Callable[[str], None], duration: float = 10.0) -> int:
@@ -27,7 +27,7 @@ def run(out: Callable[[str], None], duration: float = 10.0) -> int:
         feed.subscribe_activity("100001")
         out(f"demo: Clear Street simulator on {sim.url}; connecting ...")
         with feed:
-            if not feed.wait_connected(10) or not _wait(lambda: feed.stats.extra.get("replayed", 0) >= 1, 10):
+            if not feed.wait_connected(10) or not wait_until(lambda: feed.stats.extra.get("replayed", 0) >= 1, 10):
                 out("demo: could not connect")
                 return 1
             step = lambda: time.sleep(pace)  # noqa: E731
@@ -42,10 +42,10 @@ def run(out: Callable[[str], None], duration: float = 10.0) -> int:
             sim.drop()
             sim.fill(first, 60, 190.05)
             sim.cancel(short)
-            if not _wait(lambda: feed.stats.reconnects >= 1 and feed.state == "connected", 10):
+            if not wait_until(lambda: feed.stats.reconnects >= 1 and feed.state == "connected", 10):
                 out("demo: did not reconnect")
                 return 1
-            _wait(lambda: feed.stats.extra.get("replayed", 0) >= 6, 5)
+            wait_until(lambda: feed.stats.extra.get("replayed", 0) >= 6, 5)
             step()
             sim.set_pnl("100000", day_pnl=18.0, unrealized_pnl=13.0)
             time.sleep(pace * 5)
@@ -53,12 +53,3 @@ def run(out: Callable[[str], None], duration: float = 10.0) -> int:
         out(f"demo: done — {stats.messages} messages, {stats.events} events, {stats.reconnects} reconnect(s), "
             f"{stats.extra.get('duplicates', 0)} replayed duplicate(s) dropped, {stats.malformed} malformed")
     return 0
-
-
-def _wait(predicate: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return False

@@ -8,7 +8,7 @@ from typing import Callable
 from ..brokers.firstock import FirstockFeed
 from ..reconnect import ReconnectPolicy
 from ..testing.firstock import FirstockSimulator
-from . import attach
+from . import attach, wait_until
 
 
 def run(out: Callable[[str], None], duration: float = 10.0) -> int:
@@ -47,7 +47,7 @@ def run(out: Callable[[str], None], duration: float = 10.0) -> int:
             sim.drop()
             sim.fill(buy, 6, 1395.70, fill_fields=False)
             sim.set_position("RELIANCE-EQ", 10, 1395.66, token="2885", ltp=1396.10, push=False)
-            if not _wait(lambda: feed.stats.reconnects >= 1 and feed.state == "connected", 10):
+            if not wait_until(lambda: feed.stats.reconnects >= 1 and feed.state == "connected", 10):
                 out("demo: did not reconnect")
                 return 1
             step()
@@ -57,12 +57,3 @@ def run(out: Callable[[str], None], duration: float = 10.0) -> int:
         out(f"demo: done — {stats.messages} messages, {stats.events} events, "
             f"{stats.reconnects} reconnect(s), {stats.malformed} malformed")
     return 0
-
-
-def _wait(predicate: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return False

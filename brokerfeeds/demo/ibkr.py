@@ -8,7 +8,7 @@ from typing import Callable
 from ..brokers.ibkr import IbkrFeed
 from ..reconnect import ReconnectPolicy
 from ..testing.ibkr import IbkrSimulator
-from . import attach
+from . import attach, wait_until
 
 
 def run(out: Callable[[str], None], duration: float = 10.0) -> int:
@@ -44,7 +44,7 @@ def run(out: Callable[[str], None], duration: float = 10.0) -> int:
             sim.fill(buy, 60, 190.05)
             sim.cancel(sell)
             sim.set_position(265598, "AAPL", 100, 190.07)
-            if not _wait(lambda: feed.stats.reconnects >= 1 and feed.state == "connected", 10):
+            if not wait_until(lambda: feed.stats.reconnects >= 1 and feed.state == "connected", 10):
                 out("demo: did not reconnect")
                 return 1
             step()
@@ -55,12 +55,3 @@ def run(out: Callable[[str], None], duration: float = 10.0) -> int:
         out(f"demo: done — {stats.messages} messages, {stats.events} events, "
             f"{stats.reconnects} reconnect(s), {stats.malformed} malformed")
     return 0
-
-
-def _wait(predicate: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return False

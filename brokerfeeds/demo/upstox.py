@@ -8,7 +8,7 @@ from typing import Callable
 from ..brokers.upstox import UpstoxFeed
 from ..reconnect import ReconnectPolicy
 from ..testing.upstox import UpstoxSimulator
-from . import attach
+from . import attach, wait_until
 
 
 def run(out: Callable[[str], None], duration: float = 10.0) -> int:
@@ -47,13 +47,13 @@ def run(out: Callable[[str], None], duration: float = 10.0) -> int:
             sim.fill(buy, 6, 92.55)
             sim.cancel(sell)
             sim.set_gtt_rule(gtt, "ENTRY", "COMPLETED")
-            if not _wait(lambda: feed.stats.connects >= 2, 10):
+            if not wait_until(lambda: feed.stats.connects >= 2, 10):
                 out("demo: did not reconnect")
                 return 1
             step()
             out("demo: >>> the server closes normally (1000); we reconnect anyway <<<")
             sim.close_all(1000, "bye")
-            if not _wait(lambda: feed.stats.connects >= 3, 10):
+            if not wait_until(lambda: feed.stats.connects >= 3, 10):
                 out("demo: did not reconnect after the 1000 close")
                 return 1
             sim.set_last_price(nhpc, 93.10)
@@ -62,12 +62,3 @@ def run(out: Callable[[str], None], duration: float = 10.0) -> int:
         out(f"demo: done — {stats.messages} messages, {stats.events} events, "
             f"{stats.reconnects} reconnect(s), {stats.extra.get('authorizations', 0)} one-time URIs authorized")
     return 0
-
-
-def _wait(predicate: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return False
