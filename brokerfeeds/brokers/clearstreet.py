@@ -56,9 +56,20 @@ import json
 import threading
 import time
 from collections import deque
-from typing import Any, Callable, Deque, Dict, List, Mapping, Optional, Sequence, Set, Tuple, TypeVar, Union
-
-import requests
+from typing import (
+    Any,
+    Callable,
+    Deque,
+    Dict,
+    List,
+    Mapping,
+    Optional,
+    Sequence,
+    Set,
+    Tuple,
+    TypeVar,
+    Union,
+)
 
 from ..auth import TokenSource
 from ..errors import (
@@ -67,7 +78,6 @@ from ..errors import (
     ConnectionFailed,
     GapDetected,
     ProtocolError,
-    RateLimited,
 )
 from ..events import (
     Balance,
@@ -94,6 +104,8 @@ from ..protocol import (
     excerpt,
     first,
 )
+from ..redact import Redactor
+from ..rest import RestClient
 from ..state import ChangeTracker
 from ..transport import ConnectTarget
 from ..values import from_epoch_ms, loads, to_decimal, to_text
@@ -644,6 +656,10 @@ class ClientCredentials:
         self._token: Optional[str] = None
         self._renew_at = 0.0
         self.fetches = 0  #: how many tokens were fetched (for tests and diagnostics)
+        redactor = Redactor()
+        redactor.add(client_secret)
+        self._rest = RestClient(auth_url, verify=verify, timeout=timeout, redactor=redactor,
+                                error_text=_oauth_error_text)
 
     def __repr__(self) -> str:
         return f"ClientCredentials(client_id={self.client_id!r}, client_secret=***)"
@@ -668,27 +684,7 @@ class ClientCredentials:
     def _fetch(self) -> None:
         body = {"grant_type": "client_credentials", "client_id": self.client_id,
                 "client_secret": self._secret, "audience": self.audience}
-        try:
-            response = requests.post(self.auth_url, json=body, timeout=self.timeout, verify=self.verify)
-        except requests.RequestException as exc:
-            raise ConnectionFailed(f"token request failed: {type(exc).__name__}") from None
-        status = response.status_code
-        reply: Any
-        try:
-            reply = response.json()
-        except ValueError:
-            reply = None
-        if status >= 400:
-            detail = ""
-            if isinstance(reply, dict):
-                detail = to_text(first(reply.get("error_description"), reply.get("error"))) or ""
-            detail = detail.replace(self._secret, "***")[:200]
-            message = f"token request returned HTTP {status}{': ' + detail if detail else ''}"
-            if status in (401, 403):
-                raise AuthenticationError(message)
-            if status == 429:
-                raise RateLimited(message)
-            raise ConnectionFailed(message)
+        reply = self._rest.post("", url=self.auth_url, json=body)
         token = reply.get("access_token") if isinstance(reply, dict) else None
         if not isinstance(token, str) or not token:
             raise ProtocolError("token response has no access_token")
@@ -697,6 +693,13 @@ class ClientCredentials:
         self._token = token
         self._renew_at = self._clock() + max(0.0, seconds - min(self.refresh_margin, seconds / 2))
         self.fetches += 1
+
+
+def _oauth_error_text(body: Any) -> Optional[str]:
+    """An OAuth2 error reply's explanation (``error_description``, else ``error``)."""
+    if isinstance(body, dict):
+        return to_text(first(body.get("error_description"), body.get("error")))
+    return None
 
 
 # ================================================================= mark persistence

@@ -62,7 +62,6 @@ import urllib.parse
 from decimal import Decimal, InvalidOperation
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
-
 from ..errors import (
     AuthenticationError,
     ConnectionFailed,
@@ -86,7 +85,14 @@ from ..protocol import (
 )
 from ..redact import Redactor
 from ..rest import RestClient
-from ..state import ChangeTracker, FillTracker, OrderTracker, Snapshots, map_order_status, status_table
+from ..state import (
+    ChangeTracker,
+    FillTracker,
+    OrderTracker,
+    Snapshots,
+    map_order_status,
+    status_table,
+)
 from ..transport import ConnectTarget
 from ..values import loads, to_decimal, to_text, utc
 
