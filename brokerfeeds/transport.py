@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import socket
 import ssl
-from typing import Any, Callable, Dict, Optional, Tuple, Union
+import time
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import attrs
 import websocket
@@ -23,6 +24,8 @@ FRAME_BINARY = websocket.ABNF.OPCODE_BINARY
 _PING = websocket.ABNF.OPCODE_PING
 _PONG = websocket.ABNF.OPCODE_PONG
 _CLOSE = websocket.ABNF.OPCODE_CLOSE
+_CONT = websocket.ABNF.OPCODE_CONT
+_READ_SIZE = 256 * 1024
 
 
 @attrs.frozen(slots=True)
@@ -58,6 +61,12 @@ class Connection:
     def __init__(self, ws: websocket.WebSocket) -> None:
         self._ws = ws
         self._timeout: Optional[float] = None
+        # Incoming frames are parsed here from one buffer filled by large socket reads
+        # (websocket-client reads every frame with 2-3 small recv calls).
+        self._buf = b""
+        self._pos = 0
+        self._fragments: Optional[List[bytes]] = None
+        self._fragment_opcode = 0
 
     @classmethod
     def open(
@@ -105,26 +114,124 @@ class Connection:
     def recv(self, timeout: float) -> Optional[Tuple[int, bytes]]:
         """The next frame as ``(opcode, data)``, or None if ``timeout`` passed first.
 
-        Pings are answered here (by websocket-client) and returned too, as are pongs, so
-        the caller sees every sign of life. Raises :class:`Closed` when the connection ends.
+        Pings are answered here and returned too, as are pongs, so the caller sees every
+        sign of life. Fragmented messages are joined. Raises :class:`Closed` when the
+        connection ends.
         """
+        ws = self._ws
         if timeout != self._timeout:
             self._timeout = timeout
-            self._ws.settimeout(timeout)
+            ws.settimeout(timeout)
         try:
-            opcode, frame = self._ws.recv_data_frame(True)
-        except websocket.WebSocketTimeoutException:
-            return None
+            while True:
+                frame = self._next_frame()
+                if frame is None:
+                    if not self._fill(ws.sock):
+                        return None
+                    continue
+                fin, opcode, data = frame
+                if opcode == FRAME_TEXT or opcode == FRAME_BINARY:
+                    if self._fragments is not None:
+                        raise websocket.WebSocketProtocolException("Illegal frame")
+                    if fin:
+                        return opcode, data
+                    self._fragments, self._fragment_opcode = [data], opcode
+                elif opcode == _CONT:
+                    if self._fragments is None:
+                        raise websocket.WebSocketProtocolException("Illegal frame")
+                    self._fragments.append(data)
+                    if fin:
+                        data, self._fragments = b"".join(self._fragments), None
+                        return self._fragment_opcode, data
+                else:
+                    websocket.ABNF(fin, 0, 0, 0, opcode, 0, data).validate(True)
+                    if opcode == _CLOSE:
+                        try:
+                            ws.send_close()
+                        except Exception:  # noqa: BLE001 - the peer may be gone already
+                            pass
+                        code = _close_code(data)
+                        raise Closed(f"server closed the connection (code {code})", code)
+                    if opcode == _PING:
+                        if len(data) >= 126:
+                            raise websocket.WebSocketProtocolException("Ping message is too long")
+                        ws.pong(data)
+                    return opcode, data
+        except Closed:
+            raise
         except socket.timeout:
             return None
         except websocket.WebSocketConnectionClosedException:
             raise Closed("connection closed by peer") from None
         except (OSError, websocket.WebSocketException, ValueError) as exc:
             raise Closed(f"{type(exc).__name__}: {_short_exc(exc)}") from None
-        if opcode == _CLOSE:
-            code = _close_code(frame.data)
-            raise Closed(f"server closed the connection (code {code})", code)
-        return opcode, frame.data
+
+    @property
+    def buffered(self) -> bool:
+        """Whether a whole frame is already buffered (the next :meth:`recv` will not block)."""
+        buf, pos = self._buf, self._pos
+        avail = len(buf) - pos
+        if avail < 2:
+            return False
+        length = buf[pos + 1] & 0x7F
+        head = 2 + (4 if buf[pos + 1] & 0x80 else 0)
+        if length == 126:
+            if avail < 4:
+                return False
+            length, head = int.from_bytes(buf[pos + 2:pos + 4], "big"), head + 2
+        elif length == 127:
+            if avail < 10:
+                return False
+            length, head = int.from_bytes(buf[pos + 2:pos + 10], "big"), head + 8
+        return avail >= head + length
+
+    def _fill(self, sock: Any) -> bool:
+        """Read what the socket has (up to 256 KiB); False on timeout."""
+        if sock is None:
+            raise websocket.WebSocketConnectionClosedException("socket is already closed.")
+        try:
+            data = sock.recv(_READ_SIZE)
+        except ssl.SSLWantReadError:
+            return False
+        if not data:
+            raise websocket.WebSocketConnectionClosedException("Connection to remote host was lost.")
+        rest = self._buf[self._pos:]
+        self._buf = rest + data if rest else data
+        self._pos = 0
+        return True
+
+    def _next_frame(self) -> Optional[Tuple[int, int, bytes]]:
+        """``(fin, opcode, payload)`` of the next whole buffered frame, or None."""
+        buf, pos = self._buf, self._pos
+        avail = len(buf) - pos
+        if avail < 2:
+            return None
+        b0, b1 = buf[pos], buf[pos + 1]
+        if b0 & 0x70:
+            raise websocket.WebSocketProtocolException("rsv is not implemented, yet")
+        length = b1 & 0x7F
+        head = 2
+        if length == 126:
+            if avail < 4:
+                return None
+            length, head = int.from_bytes(buf[pos + 2:pos + 4], "big"), 4
+        elif length == 127:
+            if avail < 10:
+                return None
+            length, head = int.from_bytes(buf[pos + 2:pos + 10], "big"), 10
+        mask = None
+        if b1 & 0x80:  # servers must not mask, but tolerate it as websocket-client does
+            if avail < head + 4:
+                return None
+            mask, head = buf[pos + head:pos + head + 4], head + 4
+        end = pos + head + length
+        if end > len(buf):
+            return None
+        data = buf[pos + head:end]
+        self._pos = end
+        if mask is not None:
+            data = websocket.ABNF.mask(mask, data)
+        return b0 & 0x80, b0 & 0x0F, data
 
     def send(self, frame: Union[str, bytes]) -> None:
         """Send a text (``str``) or binary (``bytes``) frame; raises :class:`Closed`."""
@@ -145,12 +252,25 @@ class Connection:
 
     def close(self, status: int = 1000) -> None:
         """Close politely (briefly) and release the socket. Safe from any thread, twice."""
+        ws = self._ws
         try:
-            self._ws.abort() if status != 1000 else self._ws.close(status, timeout=0.5)
+            if status != 1000:
+                ws.abort()
+            elif ws.connected:
+                ws.connected = False
+                ws.send(status.to_bytes(2, "big"), websocket.ABNF.OPCODE_CLOSE)
+                deadline = time.monotonic() + 0.5  # wait briefly for the server's close frame
+                while time.monotonic() < deadline:
+                    frame = self._next_frame()
+                    if frame is None:
+                        ws.sock.settimeout(max(0.01, deadline - time.monotonic()))
+                        self._fill(ws.sock)
+                    elif frame[1] == _CLOSE:
+                        break
         except Exception:  # noqa: BLE001 - closing is best-effort
             pass
         finally:
-            self._ws.shutdown()
+            ws.shutdown()
 
     def abort(self) -> None:
         """Wake a thread blocked in :meth:`recv` (or in the handshake) by shutting the socket down."""
