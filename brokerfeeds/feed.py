@@ -720,6 +720,7 @@ class Feed:
         assert protocol is not None
         lock = self._lock
         handle = self._handle
+        dispatcher = self._dispatcher
         self._debug = self._log.isEnabledFor(logging.DEBUG)
         now = _monotonic()
         last_rx = opened = now
@@ -755,6 +756,8 @@ class Feed:
                     if self.ping_interval and now >= next_ping:
                         next_ping = now + self.ping_interval
                         conn.ping()
+                if dispatcher.defer and not conn.buffered:
+                    dispatcher.flush()  # about to wait for the socket: deliver the batch
                 frame = conn.recv(max(0.005, next_tick - now))
                 now = _monotonic()
                 if frame is None:
@@ -774,10 +777,12 @@ class Feed:
                     self._bad_frame(data, exc)
                     continue
                 if outputs:
+                    dispatcher.defer = conn.buffered and dispatcher.pending < 256
                     handle(outputs)
         except Closed as closed:
             reason = closed.reason
         finally:
+            dispatcher.flush()
             with lock:
                 self._conn = None
                 self._ready = False
