@@ -19,7 +19,17 @@ _NOT_ALNUM = re.compile(r"[^0-9a-z]+")
 
 
 def _status_key(word: Any) -> str:
+    if type(word) is str:
+        key = _STATUS_KEYS.get(word)
+        if key is None:
+            key = _NOT_ALNUM.sub("", word.lower())
+            if len(_STATUS_KEYS) < 1024:  # brokers use a handful of words
+                _STATUS_KEYS[word] = key
+        return key
     return _NOT_ALNUM.sub("", str(word).lower()) if word is not None else ""
+
+
+_STATUS_KEYS: Dict[str, str] = {}
 
 
 def status_table(words: Mapping[str, OrderStatus]) -> Dict[str, OrderStatus]:

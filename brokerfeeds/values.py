@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 from decimal import Decimal, InvalidOperation
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Dict, Optional
 
 try:  # the "fast" extra
     import orjson as _orjson
@@ -27,11 +27,27 @@ utc = _dt.timezone.utc
 loads: Callable[[Any], Any] = _orjson.loads if _orjson is not None else json.loads
 
 _SUFFIX = {"K": Decimal(1000), "M": Decimal(1_000_000), "B": Decimal(1_000_000_000)}
+_EXACT = 2 ** 53  # ints below this convert to float exactly
 _PLACEHOLDERS = frozenset({"", "N/A", "NA", "-", "--", "null", "None", "nan", "NaN"})
 
 
 def to_decimal(value: Any) -> Optional[Decimal]:
     """``value`` as a Decimal, or None when it is missing or not a number."""
+    kind = type(value)
+    if kind is str:
+        # Brokers repeat the same few strings (prices, sizes) endlessly: remember them.
+        number = _TEXT_CACHE.get(value, _UNSET)
+        if number is _UNSET:
+            number = _text_to_decimal(value)
+            if len(value) <= 32:
+                if len(_TEXT_CACHE) >= _CACHE_SIZE:
+                    _TEXT_CACHE.clear()
+                _TEXT_CACHE[value] = number
+        return number  # type: ignore[return-value]
+    if kind is float:
+        number = _FLOAT_CACHE.get(value)  # zeros and NaN are never cached
+        if number is not None:
+            return number
     if value is None or isinstance(value, bool):
         return None
     if isinstance(value, Decimal):
@@ -39,10 +55,29 @@ def to_decimal(value: Any) -> Optional[Decimal]:
     if isinstance(value, int):
         return Decimal(value)
     if isinstance(value, float):
-        if value != value or value in (float("inf"), float("-inf")):
+        if value != value or value in _INFINITIES:
             return None
-        return Decimal(repr(value))
-    text = str(value).strip().replace(",", "")
+        if kind is not float or value == 0:  # 0.0 == -0.0: never cache zeros
+            return Decimal(repr(value))
+        number = _FLOAT_CACHE.get(value)
+        if number is None:
+            number = Decimal(repr(value))
+            if len(_FLOAT_CACHE) >= _CACHE_SIZE:
+                _FLOAT_CACHE.clear()
+            _FLOAT_CACHE[value] = number
+        return number
+    return _text_to_decimal(str(value))
+
+
+_UNSET = object()
+_INFINITIES = (float("inf"), float("-inf"))
+_CACHE_SIZE = 4096
+_TEXT_CACHE: Dict[str, Optional[Decimal]] = {}
+_FLOAT_CACHE: Dict[float, Decimal] = {}
+
+
+def _text_to_decimal(value: str) -> Optional[Decimal]:
+    text = value.strip().replace(",", "")
     if text in _PLACEHOLDERS:
         return None
     scale = None
@@ -63,6 +98,8 @@ def to_decimal(value: Any) -> Optional[Decimal]:
 
 def to_text(value: Any) -> Optional[str]:
     """``value`` as a stripped string, or None when missing or empty."""
+    if type(value) is str:
+        return value.strip() or None
     if value is None:
         return None
     text = str(value).strip()
@@ -71,10 +108,14 @@ def to_text(value: Any) -> Optional[str]:
 
 def from_epoch_ms(value: Any) -> Optional[_dt.datetime]:
     """A UTC datetime from milliseconds since the epoch, or None."""
-    number = to_decimal(value)
-    if number is None:
-        return None
+    if type(value) is int and -_EXACT < value < _EXACT:
+        seconds = value / 1000.0  # what the Decimal route gives, without it
+    else:
+        number = to_decimal(value)
+        if number is None:
+            return None
+        seconds = float(number) / 1000.0
     try:
-        return _dt.datetime.fromtimestamp(float(number) / 1000.0, tz=utc)
+        return _dt.datetime.fromtimestamp(seconds, tz=utc)
     except (OverflowError, OSError, ValueError):
         return None

@@ -308,8 +308,9 @@ class IbkrProtocol(Protocol):
             if not isinstance(update, dict) or update.get("orderId") is None:
                 continue
             key = str(update["orderId"])
-            merged = self._order_fields.merge(key, {k: v for k, v in update.items()
-                                                    if k not in ("bgColor", "fgColor")})
+            if "bgColor" in update or "fgColor" in update:
+                update = {k: v for k, v in update.items() if k not in ("bgColor", "fgColor")}
+            merged = self._order_fields.merge(key, update)
             order = self.orders.update_order(order_from(merged))
             if order is not None:
                 out.append(order)
