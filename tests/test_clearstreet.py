@@ -216,7 +216,8 @@ def test_01_exactly_once_in_order_across_forced_reconnects():
         with feed:
             rec.wait_for("replay_complete")
             for batch in range(4):  # each drop lands while a batch is being published
-                wait_until(lambda: feed.state == "connected" and sim.subscribers() == 1, 10)
+                # the previous drop must have been noticed and replaced by a new connection
+                wait_until(lambda: feed.stats.connects == batch + 1 and sim.subscribers() == 1, 10)
                 before = len(rec.of("order"))
                 thread = threading.Thread(target=publish_orders, args=(sim, 70))
                 thread.start()
