@@ -456,3 +456,35 @@ def test_a_handshake_timeout_is_retried(sim):
         assert all(isinstance(e, ConnectionFailed) for e in errors)
     finally:
         silent.close()
+
+
+def test_fragmented_messages_with_an_interleaved_ping_and_large_frames(make_feed, sim):
+    import asyncio
+    import json
+
+    feed = make_feed()
+    feed.subscribe_orders()
+    rec = Recorder(feed)
+    feed.start()
+    connected(feed, sim, "sor")
+    big_symbol = "X" * 100_000  # a > 64 KiB frame uses the 8-byte length encoding
+    message = json.dumps({"topic": "sor", "args": [{"acct": "DU1", "orderId": 42, "ticker": "FRAG",
+                                                    "status": "Submitted", "orderDesc": big_symbol}]})
+
+    async def fragments():
+        client = next(iter(sim.clients))
+        pieces = [message[i:i + 1000] for i in range(0, len(message), 1000)]
+
+        async def slowly():
+            for number, piece in enumerate(pieces):
+                if number == 3:
+                    await client.connection.ping(b"mid-message")  # a control frame between fragments
+                yield piece
+                await asyncio.sleep(0)
+
+        await client.connection.send(slowly())
+
+    sim.call(fragments())
+    order = rec.wait_for("order", lambda o: o.order_id == "42")[0]
+    assert order.symbol == "FRAG" and order.raw["orderDesc"] == big_symbol
+    assert feed.stats.malformed == 0 and feed.stats.reconnects == 0
