@@ -1,0 +1,1 @@
+"""One module per scenario family; each ``run_*`` function returns a :class:`~benchmarks.harness.Scenario`."""
