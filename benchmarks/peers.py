@@ -12,10 +12,11 @@ monotonic = time.monotonic
 
 
 def run_cs_baseline(spec: Dict[str, Any]) -> Dict[str, Any]:
-    """websocket-client ``recv()`` + ``json.loads`` until ``replay-complete``."""
+    """websocket-client ``recv()`` + ``json.loads`` until ``replay-complete`` (UTF-8 validation
+    skipped, as in brokerfeeds)."""
     import websocket
 
-    ws = websocket.create_connection(spec["url"], timeout=30)
+    ws = websocket.create_connection(spec["url"], timeout=30, skip_utf8_validation=True)
     ws.send(json.dumps({"authorization": spec["token"],
                         "payload": {"type": "subscribe-activity", "account_id": spec["account"]}}))
     count = 0

@@ -75,7 +75,10 @@ def run_clearstreet(scale: Scale) -> Scenario:
 def run_india(scale: Scale) -> Scenario:
     """Upstox / Firstock: our feeds vs the official SDKs' streamers on the same simulator."""
     scenario = Scenario(4, "Upstox / Firstock vs official SDKs")
-    scenario.skipped = "not built yet: the simulators have no burst mode for the SDK comparison"
+    scenario.skipped = ("not built yet: UpstoxFeed / FirstockFeed and their simulators exist, but the drivers for "
+                        "the official SDKs (upstox-python-sdk PortfolioDataStreamer, firstock websockets) and "
+                        "burst modes of those simulators are still to write (see protocols/upstox.md and "
+                        "protocols/firstock.md section d)")
     return scenario
 
 

@@ -27,8 +27,8 @@ def _contenders(topic: str, full: bool, few: bool) -> Tuple[List[Contender], Lis
     for mode in modes if full else ("thread",):
         if few and topic == "smd":
             break
-        if topic == "smd" and mode == "queue":
-            continue
+        if mode == "queue":
+            continue  # queue mode costs what thread mode costs (same handoff): not repeated without orjson
         out.append((f"IbkrFeed dispatch={mode}, stdlib json", {"kind": "ibkrfeed", "dispatch": mode, "fast": False}))
     if not has_orjson:
         notes.append("orjson (the 'fast' extra) is not installed: contenders with orjson skipped")
