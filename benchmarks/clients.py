@@ -115,13 +115,15 @@ def run_baseline(spec: Dict[str, Any]) -> Dict[str, Any]:
 
 # ------------------------------------------------------------------ IbkrFeed
 def _feed(spec: Dict[str, Any]) -> Any:
-    if not spec.get("fast", True):
+    # "fast": True needs orjson, False hides it, absent means "whatever is installed".
+    fast = spec.get("fast")
+    if fast is False:
         sys.modules["orjson"] = None  # type: ignore[assignment]  # the "fast" extra absent
     from brokerfeeds import IbkrFeed
     from brokerfeeds.values import FAST_JSON
 
-    if FAST_JSON != spec.get("fast", True):
-        raise RuntimeError(f"orjson {'missing' if spec.get('fast', True) else 'still used'}")
+    if fast is not None and FAST_JSON != fast:
+        raise RuntimeError(f"orjson {'missing' if fast else 'still used'}")
     kwargs = dict(spec.get("feed_kwargs", {}))
     return IbkrFeed(url=spec["url"], rest_url=spec["rest_url"], dispatch=spec.get("dispatch", "thread"), **kwargs)
 

@@ -37,11 +37,16 @@ def run_cs_baseline(spec: Dict[str, Any]) -> Dict[str, Any]:
 
 def run_cs_feed(spec: Dict[str, Any]) -> Dict[str, Any]:
     """ClearStreetFeed: counting ``on_order`` / ``on_trade``; done at ``on_replay_complete``."""
-    if not spec.get("fast", True):
+    fast = spec.get("fast")
+    if fast is False:
         import sys
 
         sys.modules["orjson"] = None  # type: ignore[assignment]
     from brokerfeeds.brokers.clearstreet import ClearStreetFeed
+    from brokerfeeds.values import FAST_JSON
+
+    if fast is not None and FAST_JSON != fast:
+        raise RuntimeError(f"orjson {'missing' if fast else 'still used'}")
 
     counter = Counter(1)
     events = [0]

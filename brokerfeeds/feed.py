@@ -35,7 +35,6 @@ from typing import (
     Optional,
     Sequence,
     Tuple,
-    Type,
     TypeVar,
     Union,
 )
@@ -723,7 +722,7 @@ class Feed:
         dispatcher = self._dispatcher
         self._debug = self._log.isEnabledFor(logging.DEBUG)
         now = _monotonic()
-        last_rx = opened = now
+        last_rx = now
         tick = max(0.02, min(1.0, self.stale_after / 5, self.heartbeat_interval / 2,
                              self.ping_interval / 2 if self.ping_interval else 1.0))
         next_tick = now + tick

@@ -263,8 +263,11 @@ class Connection:
                 while time.monotonic() < deadline:
                     frame = self._next_frame()
                     if frame is None:
-                        ws.sock.settimeout(max(0.01, deadline - time.monotonic()))
-                        self._fill(ws.sock)
+                        sock = ws.sock
+                        if sock is None:
+                            break
+                        sock.settimeout(max(0.01, deadline - time.monotonic()))
+                        self._fill(sock)
                     elif frame[1] == _CLOSE:
                         break
         except Exception:  # noqa: BLE001 - closing is best-effort

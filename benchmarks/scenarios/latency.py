@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Tuple
 
-from ..harness import Row, Scenario, ServerProcess, check, percentile, run_client
+from ..harness import Row, Scenario, ServerProcess, check, installed, percentile, run_client
 from ..scale import Scale
 
 CONTENDERS: Tuple[Tuple[str, Dict[str, Any]], ...] = (
@@ -30,6 +30,7 @@ def run_latency(scale: Scale) -> Scenario:
     stats: Dict[str, Dict[str, List[float]]] = {name: {"p50": [], "p99": [], "max": []} for name, _ in contenders}
     errors: Dict[str, str] = {}
     with ServerProcess(mode="paced", rate=scale.rate, duration=scale.latency_seconds, trigger_prefix="sor+") as server:
+        scenario.facts["JSON decoder"] = "orjson" if installed("orjson") else "stdlib json (the 'fast' extra is not installed)"
         scenario.facts["samples per run"] = f"{expected - skip:,} (first {skip:,} dropped as warm-up)"
         for _ in range(scale.reps):
             for name, spec in contenders:

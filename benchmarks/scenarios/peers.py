@@ -9,7 +9,7 @@ import threading
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
-from ..harness import Row, Scenario, ServerProcess, check, run_client
+from ..harness import Row, Scenario, ServerProcess, check, installed, run_client
 from ..scale import Scale
 
 
@@ -40,6 +40,9 @@ def run_clearstreet(scale: Scale) -> Scenario:
         ("ClearStreetFeed dispatch=thread, stdlib json", {"kind": "cs_feed", "dispatch": "thread", "fast": False}),
         ("ClearStreetFeed dispatch=inline, orjson", {"kind": "cs_feed", "dispatch": "inline", "fast": True}),
     ]
+    if not installed("orjson"):
+        contenders = [c for c in contenders if not c[1].get("fast")]
+        scenario.facts["note"] = "orjson (the 'fast' extra) is not installed: contenders with orjson skipped"
     if scale.few:
         contenders = contenders[:2]
     values: Dict[str, List[float]] = {name: [] for name, _ in contenders}
