@@ -74,6 +74,7 @@ _INFINITIES = (float("inf"), float("-inf"))
 _CACHE_SIZE = 4096
 _TEXT_CACHE: Dict[str, Optional[Decimal]] = {}
 _FLOAT_CACHE: Dict[float, Decimal] = {}
+_EPOCH_CACHE: Dict[int, _dt.datetime] = {}
 
 
 def _text_to_decimal(value: str) -> Optional[Decimal]:
@@ -109,12 +110,21 @@ def to_text(value: Any) -> Optional[str]:
 def from_epoch_ms(value: Any) -> Optional[_dt.datetime]:
     """A UTC datetime from milliseconds since the epoch, or None."""
     if type(value) is int and -_EXACT < value < _EXACT:
-        seconds = value / 1000.0  # what the Decimal route gives, without it
-    else:
-        number = to_decimal(value)
-        if number is None:
-            return None
-        seconds = float(number) / 1000.0
+        # Partial updates repeat the last known time over and over: remember it.
+        moment = _EPOCH_CACHE.get(value)
+        if moment is None:
+            try:
+                moment = _dt.datetime.fromtimestamp(value / 1000.0, tz=utc)
+            except (OverflowError, OSError, ValueError):
+                return None
+            if len(_EPOCH_CACHE) >= _CACHE_SIZE:
+                _EPOCH_CACHE.clear()
+            _EPOCH_CACHE[value] = moment
+        return moment
+    number = to_decimal(value)
+    if number is None:
+        return None
+    seconds = float(number) / 1000.0
     try:
         return _dt.datetime.fromtimestamp(seconds, tz=utc)
     except (OverflowError, OSError, ValueError):

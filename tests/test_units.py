@@ -63,6 +63,16 @@ class TestValues:
         assert moment is not None and moment.tzinfo is not None and moment.year == 2020
         assert from_epoch_ms("junk") is None
 
+    def test_from_epoch_ms_repeats_and_out_of_range_values(self):
+        first_time = from_epoch_ms(1712935800004)
+        assert from_epoch_ms(1712935800004) == first_time  # second call: remembered
+        assert first_time is not None and first_time.microsecond == 4000
+        assert from_epoch_ms("1712935800004") == first_time
+        assert from_epoch_ms(10 ** 15) is None  # year ~33,000: out of datetime's range
+        assert from_epoch_ms(10 ** 15) is None  # and not remembered as a value
+        for ms in range(5000):  # the memory is bounded; results stay right past the bound
+            assert from_epoch_ms(ms) == from_epoch_ms(ms + 0) and from_epoch_ms(ms).year == 1970
+
 
 class TestRedaction:
     def test_registered_secrets_and_sensitive_keys_are_masked(self):
