@@ -26,7 +26,7 @@ from brokerfeeds.brokers.clearstreet import (
     map_status,
     trading_day,
 )
-from brokerfeeds.errors import AuthenticationError, BrokerFeedsError, CallbackError, GapDetected, ProtocolError
+from brokerfeeds.errors import AuthenticationError, CallbackError, GapDetected, ProtocolError
 from brokerfeeds.events import Balance, LocateInventory, Notice, Order, OrderStatus, ReplayComplete, Side, Trade
 from brokerfeeds.protocol import Fatal, RawMessage, Reconnect, Report, Send, Subscription
 from brokerfeeds.testing.clearstreet import ClearStreetSimulator

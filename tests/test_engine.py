@@ -18,34 +18,13 @@ from brokerfeeds.events import Connected, Disconnected, Order, OrderStatus
 from brokerfeeds.testing import IbkrSimulator
 from helpers import FAST_RECONNECT, Recorder, feed_threads, wait_until
 
+pytest_plugins = ("ibkr_fixtures",)  # the `sim` and `make_feed` fixtures
+
 
 def connected(feed, sim, *topics):
     """Wait until the feed is connected and the simulator has processed its subscriptions."""
     assert feed.wait_connected(5)
     wait_until(lambda: all(sim.subscribers(t) for t in topics))
-
-
-@pytest.fixture
-def sim():
-    with IbkrSimulator(hb_interval=0.1) as simulator:
-        yield simulator
-
-
-@pytest.fixture
-def make_feed(sim):
-    feeds = []
-
-    def make(**kwargs):
-        options = dict(url=sim.url, rest_url=sim.rest_url, heartbeat_interval=0.5, stale_after=1.0,
-                       reconnect=FAST_RECONNECT)
-        options.update(kwargs)
-        feed = IbkrFeed(**options)
-        feeds.append(feed)
-        return feed
-
-    yield make
-    for feed in feeds:
-        feed.stop()
 
 
 # ----------------------------------------------------------------------------- lifecycle

@@ -16,28 +16,7 @@ from brokerfeeds.events import Balance, Notice, OrderStatus, Side
 from brokerfeeds.testing import IbkrSimulator
 from helpers import FAST_RECONNECT, Recorder, feed_threads, wait_until
 
-
-@pytest.fixture
-def sim():
-    with IbkrSimulator(hb_interval=0.1) as simulator:
-        yield simulator
-
-
-@pytest.fixture
-def make_feed(sim):
-    feeds = []
-
-    def make(**kwargs):
-        options = dict(url=sim.url, rest_url=sim.rest_url, heartbeat_interval=0.5, stale_after=1.0,
-                       reconnect=FAST_RECONNECT)
-        options.update(kwargs)
-        feed = IbkrFeed(**options)
-        feeds.append(feed)
-        return feed
-
-    yield make
-    for feed in feeds:
-        feed.stop()
+pytest_plugins = ("ibkr_fixtures",)  # the `sim` and `make_feed` fixtures
 
 
 def connected(feed, sim, *topics):

@@ -1,0 +1,36 @@
+"""The IBKR simulator and feed factory used by the engine tests and the IBKR tests."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterator, List
+
+import pytest
+
+from brokerfeeds import IbkrFeed
+from brokerfeeds.testing import IbkrSimulator
+from helpers import FAST_RECONNECT
+
+
+@pytest.fixture
+def sim() -> Iterator[IbkrSimulator]:
+    """An IBKR simulator with fast heartbeats."""
+    with IbkrSimulator(hb_interval=0.1) as simulator:
+        yield simulator
+
+
+@pytest.fixture
+def make_feed(sim: IbkrSimulator) -> Iterator[Callable[..., IbkrFeed]]:
+    """Make IbkrFeeds on ``sim`` with short timings; every one is stopped afterwards."""
+    feeds: List[IbkrFeed] = []
+
+    def make(**kwargs: Any) -> IbkrFeed:
+        options = dict(url=sim.url, rest_url=sim.rest_url, heartbeat_interval=0.5, stale_after=1.0,
+                       reconnect=FAST_RECONNECT)
+        options.update(kwargs)
+        feed = IbkrFeed(**options)  # type: ignore[arg-type]
+        feeds.append(feed)
+        return feed
+
+    yield make
+    for feed in feeds:
+        feed.stop()
