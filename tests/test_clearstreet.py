@@ -11,12 +11,14 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, List
+from typing import Any, Iterator, List, Tuple
 
 import pytest
 import websocket
+from helpers import FAST_RECONNECT, Recorder, feed_threads, wait_until
 
 from brokerfeeds.brokers.clearstreet import (
     ClearStreetFeed,
@@ -26,11 +28,31 @@ from brokerfeeds.brokers.clearstreet import (
     map_status,
     trading_day,
 )
-from brokerfeeds.errors import AuthenticationError, CallbackError, GapDetected, ProtocolError
-from brokerfeeds.events import Balance, LocateInventory, Notice, Order, OrderStatus, ReplayComplete, Side, Trade
-from brokerfeeds.protocol import Fatal, RawMessage, Reconnect, Report, Send, Subscription
+from brokerfeeds.errors import (
+    AuthenticationError,
+    CallbackError,
+    GapDetected,
+    ProtocolError,
+)
+from brokerfeeds.events import (
+    Balance,
+    LocateInventory,
+    Notice,
+    Order,
+    OrderStatus,
+    ReplayComplete,
+    Side,
+    Trade,
+)
+from brokerfeeds.protocol import (
+    Fatal,
+    RawMessage,
+    Reconnect,
+    Report,
+    Send,
+    Subscription,
+)
 from brokerfeeds.testing.clearstreet import ClearStreetSimulator
-from helpers import FAST_RECONNECT, Recorder, feed_threads, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 A, B = "100000", "100001"
@@ -43,6 +65,17 @@ def make_feed(sim: ClearStreetSimulator, **kwargs: Any) -> ClearStreetFeed:
                    stale_after=5.0, ping_interval=None)
     options.update(kwargs)
     return ClearStreetFeed(**options)
+
+
+@contextmanager
+def live_activity(sim: ClearStreetSimulator, **kwargs: Any) -> Iterator[Tuple[ClearStreetFeed, Recorder]]:
+    """A running feed subscribed to account ``A`` whose first replay is complete."""
+    feed = make_feed(sim, **kwargs)
+    rec = Recorder(feed)
+    feed.subscribe_activity(A)
+    with feed:
+        rec.wait_for("replay_complete")
+        yield feed, rec
 
 
 def seqs(events: List[Any], account: str = A) -> List[int]:
@@ -210,11 +243,7 @@ def test_01_exactly_once_in_order_across_forced_reconnects():
     """Several drops mid-stream: every sequence reaches the callbacks once, in order; missed ones replayed."""
     with ClearStreetSimulator(hb_interval=None) as sim:
         publish_orders(sim, 20)  # earlier today: replayed on the first subscribe
-        feed = make_feed(sim)
-        rec = Recorder(feed)
-        feed.subscribe_activity(A)
-        with feed:
-            rec.wait_for("replay_complete")
+        with live_activity(sim) as (feed, rec):
             for batch in range(4):  # each drop lands while a batch is being published
                 # the previous drop must have been noticed and replaced by a new connection
                 wait_until(lambda: feed.stats.connects == batch + 1 and sim.subscribers() == 1, 10)
@@ -235,11 +264,7 @@ def test_01_exactly_once_in_order_across_forced_reconnects():
 
 def test_02_gap_reported_then_healed_by_replay():
     with ClearStreetSimulator(hb_interval=None) as sim:
-        feed = make_feed(sim)
-        rec = Recorder(feed)
-        feed.subscribe_activity(A)
-        with feed:
-            rec.wait_for("replay_complete")
+        with live_activity(sim) as (feed, rec):
             publish_orders(sim, 2)
             rec.wait_for("order", count=2)
             sim.gap(2)  # sequences 3 and 4 journaled but never pushed live
@@ -255,11 +280,7 @@ def test_02_gap_reported_then_healed_by_replay():
 
 def test_03_out_of_order_and_lower_sequence_live():
     with ClearStreetSimulator(hb_interval=None) as sim:
-        feed = make_feed(sim)
-        rec = Recorder(feed)
-        feed.subscribe_activity(A)
-        with feed:
-            rec.wait_for("replay_complete")
+        with live_activity(sim) as (feed, rec):
             publish_orders(sim, 3)
             rec.wait_for("order", count=3)
             sim.resend(sequence=1)  # a lower sequence on the live flow: a duplicate, no rewind
@@ -369,11 +390,7 @@ def test_06_ack_without_account_id_matched_in_order():
 
 def test_07_error_notice_reaches_on_error_and_notice():
     with ClearStreetSimulator(hb_interval=None) as sim:
-        feed = make_feed(sim)
-        rec = Recorder(feed)
-        feed.subscribe_activity(A)
-        with feed:
-            rec.wait_for("replay_complete")
+        with live_activity(sim) as (feed, rec):
             sim.send_error_notice("Internal error: try again", close=True)
             notice = rec.wait_for("notice")[0]
             assert isinstance(notice, Notice) and notice.kind == "error" and "try again" in notice.text
@@ -441,11 +458,7 @@ def test_10_silent_server_detected_as_stale():
 
 def test_11_unknown_malformed_and_binary_frames_do_not_disconnect():
     with ClearStreetSimulator(hb_interval=None) as sim:
-        feed = make_feed(sim)
-        rec = Recorder(feed)
-        feed.subscribe_activity(A)
-        with feed:
-            rec.wait_for("replay_complete")
+        with live_activity(sim) as (feed, rec):
             sim.send_unknown()
             sim.send_malformed()
             sim.send_binary()
@@ -484,11 +497,7 @@ def test_12_large_replay_does_not_trip_the_stale_detector():
 def test_13_day_rollover_resets_marks():
     with ClearStreetSimulator(hb_interval=None) as sim:
         publish_orders(sim, 3)
-        feed = make_feed(sim)
-        rec = Recorder(feed)
-        feed.subscribe_activity(A)
-        with feed:
-            rec.wait_for("replay_complete")
+        with live_activity(sim) as (feed, rec):
             day1 = feed.marks[A]["trading_day"]
             sim.rollover()
             publish_orders(sim, 2)  # sequences 1 and 2 of the new day
