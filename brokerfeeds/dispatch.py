@@ -140,6 +140,10 @@ class Dispatcher:
         if self._waiting and not self.defer:
             self._wake.set()
 
+    #: Seconds the idle consumer sleeps between looks at the queue when nobody wakes it:
+    #: a safety net only, every hand-over wakes it.
+    idle_poll = 1.0
+
     #: Set by the feed's reader while more frames are already buffered: events are
     #: queued without waking the consumer, then :meth:`flush` wakes it once for the
     #: whole batch (a wake-up per event costs two thread switches under a burst).
@@ -218,7 +222,7 @@ class Dispatcher:
                 continue
             if self._stopping:
                 return
-            self._wait(1.0)
+            self._wait(self.idle_poll)
 
     def _wait(self, timeout: float) -> bool:
         self._waiting = True

@@ -776,7 +776,12 @@ class Feed:
                     self._bad_frame(data, exc)
                     continue
                 if outputs:
-                    dispatcher.defer = conn.buffered and dispatcher.pending < 256
+                    if conn.buffered and dispatcher.pending < 256:
+                        dispatcher.defer = True
+                    elif dispatcher.defer:
+                        # Not by assignment: the batch may hold events queued without a
+                        # wake-up, and this frame's events may all go unlistened.
+                        dispatcher.flush()
                     handle(outputs)
         except Closed as closed:
             reason = closed.reason

@@ -467,3 +467,38 @@ def test_fragmented_messages_with_an_interleaved_ping_and_large_frames(make_feed
     order = rec.wait_for("order", lambda o: o.order_id == "42")[0]
     assert order.symbol == "FRAG" and order.raw["orderDesc"] == big_symbol
     assert feed.stats.malformed == 0 and feed.stats.reconnects == 0
+
+
+def _text_frame(payload: bytes) -> bytes:
+    """An unmasked (server-to-client) WebSocket text frame."""
+    n = len(payload)
+    if n < 126:
+        return bytes([0x81, n]) + payload
+    return bytes([0x81, 126]) + n.to_bytes(2, "big") + payload
+
+
+@pytest.mark.parametrize("tail", ["system heartbeat", "unlistened trade"])
+def test_a_burst_ending_in_unlistened_events_still_wakes_the_dispatcher(make_feed, sim, tail):
+    """Events of a burst are queued without a wake-up; the burst's last frame must wake the
+    dispatcher even when nobody listens to what that frame produced."""
+    import json
+
+    feed = make_feed()
+    feed.subscribe_orders()
+    feed.subscribe_trades()
+    feed._dispatcher.idle_poll = 60.0  # no safety net: a lost wake-up would hang the test
+    rec = Recorder(feed, kinds=("order",))
+    feed.start()
+    connected(feed, sim, "sor", "str")
+    last = ({"topic": "system", "hb": 1} if tail == "system heartbeat"
+            else {"topic": "str", "args": [{"execution_id": "E1", "symbol": "BURST", "size": 1, "price": 1}]})
+    frames = [{"topic": "sor", "args": [{"acct": "DU1", "orderId": 900 + i, "ticker": "BURST",
+                                         "status": "Submitted"}]} for i in range(3)] + [last]
+    data = b"".join(_text_frame(json.dumps(f).encode()) for f in frames)
+
+    async def one_write():  # one TCP write: the reader finds every frame already buffered
+        next(iter(sim.clients)).connection.transport.write(data)
+
+    sim.call(one_write())
+    orders = rec.wait_for("order", lambda o: o.symbol == "BURST", count=3, timeout=10)
+    assert [o.order_id for o in orders] == ["900", "901", "902"]
