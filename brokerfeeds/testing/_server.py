@@ -21,7 +21,7 @@ import socketserver
 import threading
 import time
 import urllib.parse
-from typing import Any, Awaitable, Callable, Dict, List, Optional, Set, Tuple, TypeVar, Union
+from typing import Any, Awaitable, Callable, Dict, List, Optional, Sequence, Set, Tuple, TypeVar, Union
 
 try:
     from websockets.asyncio.server import Server, ServerConnection, serve
@@ -171,6 +171,24 @@ class SimulatorBase:
     async def serve_client(self, client: Client) -> None:
         """Speak the broker's protocol with one client until it disconnects."""
         raise NotImplementedError
+
+    async def read_messages(self, client: Client, handle: Optional[Callable[[Client, Any], Any]] = None,
+                            tasks: Sequence["asyncio.Future[Any]"] = (), as_text: bool = True) -> None:
+        """Record every message ``client`` sends until it disconnects, passing each to
+        ``handle`` (decoded to text unless ``as_text`` is False; awaited if it is a
+        coroutine function); then cancel ``tasks`` (the client's pingers, writers, ...)."""
+        try:
+            async for message in client.connection:
+                self.record(message)
+                if handle is not None:
+                    if as_text and isinstance(message, bytes):
+                        message = message.decode()
+                    result = handle(client, message)
+                    if asyncio.iscoroutine(result):
+                        await result
+        finally:
+            for task in tasks:
+                task.cancel()
 
     def check_handshake(self, request: Request) -> Union[Dict[str, Any], Tuple[int, str]]:
         """Accept (return info for the :class:`Client`) or refuse (``(status, body)``)."""

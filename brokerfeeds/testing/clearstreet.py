@@ -356,13 +356,7 @@ class ClearStreetSimulator(SimulatorBase):
         client.info.update(queue=asyncio.Queue(), subs=set(), tokens=set(), subscribed=False)
         tasks = [asyncio.ensure_future(self._writer(client)), asyncio.ensure_future(self._heartbeat_loop(client)),
                  asyncio.ensure_future(self._deadline(client)), asyncio.ensure_future(self._expiry(client))]
-        try:
-            async for message in client.connection:
-                self.record(message)
-                self._on_client_message(client, message)
-        finally:
-            for task in tasks:
-                task.cancel()
+        await self.read_messages(client, self._on_client_message, tasks, as_text=False)
 
     async def _writer(self, client: Client) -> None:
         queue: asyncio.Queue = client.info["queue"]

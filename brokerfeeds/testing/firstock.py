@@ -328,13 +328,7 @@ class FirstockSimulator(SimulatorBase):
         else:
             await self.send_to(client, {"status": "success", "message": "Authentication successful"})
             tasks.append(asyncio.ensure_future(self._pinger(client)))
-        try:
-            async for message in ws:
-                self.record(message)
-                await self._on_client_message(client, message if isinstance(message, str) else message.decode())
-        finally:
-            for task in tasks:
-                task.cancel()
+        await self.read_messages(client, self._on_client_message, tasks)
 
     async def _pinger(self, client: Client) -> None:
         while True:

@@ -247,7 +247,6 @@ class IbkrSimulator(SimulatorBase):
         return {"subs": set()}
 
     async def serve_client(self, client: Client) -> None:
-        ws = client.connection
         await self.send_to(client, self._encode({"topic": "system", "success": "simuser", "isFT": False, "isPaper": True}))
         await self.send_to(client, self._encode({"topic": "act", "args": {
             "accounts": [self.account], "selectedAccount": self.account, "sessionId": self.session,
@@ -262,13 +261,7 @@ class IbkrSimulator(SimulatorBase):
             await self.send_to(client, self._encode({"topic": "sts", "args": {"authenticated": self.authenticated}}))
 
         tasks = [asyncio.ensure_future(announce()), asyncio.ensure_future(self._heartbeats(client))]
-        try:
-            async for message in ws:
-                self.record(message)
-                await self._on_client_message(client, message if isinstance(message, str) else message.decode())
-        finally:
-            for task in tasks:
-                task.cancel()
+        await self.read_messages(client, self._on_client_message, tasks)
 
     async def _heartbeats(self, client: Client) -> None:
         while True:

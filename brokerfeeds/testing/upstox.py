@@ -430,13 +430,8 @@ class UpstoxSimulator(SimulatorBase):
         return {"types": set(types), "code": code}
 
     async def serve_client(self, client: Client) -> None:
-        pinger = asyncio.ensure_future(self._pings(client)) if self.ping_every else None
-        try:
-            async for message in client.connection:
-                self.record(message)  # Upstox expects nothing from clients; kept for tests
-        finally:
-            if pinger is not None:
-                pinger.cancel()
+        pinger = [asyncio.ensure_future(self._pings(client))] if self.ping_every else []
+        await self.read_messages(client, tasks=pinger)  # Upstox expects nothing from clients
 
     async def _pings(self, client: Client) -> None:
         assert self.ping_every is not None
