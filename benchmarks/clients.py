@@ -8,12 +8,15 @@ process on the host, so the parent compares it with the server's send times.
 Spec keys: ``kind`` (``baseline``, ``ibkrfeed``, ``ibind``), ``url``, ``rest_url``,
 ``topic`` (``sor`` or ``smd``), ``conids``, ``expected``, ``dispatch``, ``fast``
 (False hides orjson before brokerfeeds is imported), ``measure`` (``throughput``,
-``latency``, ``soak``, ``idle``, ``memory``), ``timeout``.
+``latency``, ``soak``, ``idle``, ``memory``), ``timeout``, ``hard_exit`` (end with
+``os._exit`` once the result is written). Scenarios 3 and 4 add their own kinds
+(:mod:`benchmarks.peers`).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import threading
 import time
@@ -114,16 +117,22 @@ def run_baseline(spec: Dict[str, Any]) -> Dict[str, Any]:
 
 
 # ------------------------------------------------------------------ IbkrFeed
-def _feed(spec: Dict[str, Any]) -> Any:
-    # "fast": True needs orjson, False hides it, absent means "whatever is installed".
+def json_mode(spec: Dict[str, Any]) -> None:
+    """Before brokerfeeds is imported: ``"fast": True`` needs orjson, False hides it (the
+    ``fast`` extra absent), absent means "whatever is installed"."""
     fast = spec.get("fast")
     if fast is False:
-        sys.modules["orjson"] = None  # type: ignore[assignment]  # the "fast" extra absent
-    from brokerfeeds import IbkrFeed
+        sys.modules["orjson"] = None  # type: ignore[assignment]
     from brokerfeeds.values import FAST_JSON
 
     if fast is not None and FAST_JSON != fast:
         raise RuntimeError(f"orjson {'missing' if fast else 'still used'}")
+
+
+def _feed(spec: Dict[str, Any]) -> Any:
+    json_mode(spec)
+    from brokerfeeds import IbkrFeed
+
     kwargs = dict(spec.get("feed_kwargs", {}))
     return IbkrFeed(url=spec["url"], rest_url=spec["rest_url"], dispatch=spec.get("dispatch", "thread"), **kwargs)
 
@@ -293,6 +302,8 @@ def main(argv: List[str]) -> int:
         result = {"error": f"{type(exc).__name__}: {exc}"}
     sys.stdout.write(json.dumps(result) + "\n")
     sys.stdout.flush()
+    if spec.get("hard_exit"):  # a peer SDK that leaves non-daemon threads behind
+        os._exit(0)
     return 0
 
 

@@ -1,16 +1,17 @@
-"""Pre-encoded server frames: realistic IBKR ``sor`` / ``smd`` payloads and raw WebSocket framing.
+"""Pre-encoded server frames: realistic IBKR ``sor`` / ``smd``, Clear Street, Upstox and
+Firstock payloads, and raw WebSocket framing.
 
 Every generator is deterministic (no randomness), so each repetition sends the same
-bytes. Every ``sor`` frame changes something an :class:`~brokerfeeds.events.Order`
-shows (status, filled quantity, ...), so each frame yields exactly one ``on_order``
-call: what is counted is what reached user code.
+bytes. Every order update (IBKR ``sor``, Upstox, Firstock) changes something an
+:class:`~brokerfeeds.events.Order` shows (status, filled quantity, ...), so each frame
+yields exactly one ``on_order`` call: what is counted is what reached user code.
 """
 
 from __future__ import annotations
 
 import json
 import struct
-from typing import Dict, Iterable, Iterator, List, Sequence, Tuple
+from typing import Callable, Dict, Iterable, Iterator, List, Sequence, Tuple
 
 ACCOUNT = "DU123456"
 #: Instruments used for quotes: (conid, ticker, base price).
@@ -251,3 +252,152 @@ def cs_frames(count: int, account: str = "100000", account_number: str = "ACC000
             out.append(dumps({"timestamp": t, "sequence": len(out) + 1, "payload": {"type": kind, "data": data}}))
         i += 1
     return out[:count]
+
+
+# ------------------------------------------------------------------ Upstox / Firstock (scenario 4)
+def _ist(i: int) -> str:
+    """An IST wall-clock text (``YYYY-MM-DD HH:MM:SS``, no offset, as Upstox sends) ``i`` s past 09:15."""
+    seconds = 9 * 3600 + 15 * 60 + i % (6 * 3600)
+    return f"2024-02-21 {seconds // 3600:02d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def _lifecycle_kind(i: int) -> str:
+    """Order ``i``'s fate: 1 in 10 rejected, 1 in 5 cancelled after a partial fill, the rest filled."""
+    return "rejected" if i % 10 == 9 else "cancelled" if i % 5 == 2 else "filled"
+
+
+def _interleave(lifecycles: Sequence[Sequence[bytes]]) -> Iterator[bytes]:
+    """One message of each lifecycle in turn (orders in flight together), until all are done."""
+    for step in range(max(len(steps) for steps in lifecycles)):
+        for steps in lifecycles:
+            if step < len(steps):
+                yield steps[step]
+
+
+def _orders_in_flight(count: int, lifecycle: Callable[[int], List[bytes]], interleave: int) -> List[bytes]:
+    """``count`` messages: groups of ``interleave`` order lifecycles sent interleaved."""
+    out: List[bytes] = []
+    i = 0
+    while len(out) < count:
+        out.extend(_interleave([lifecycle(i + k) for k in range(interleave)]))
+        i += interleave
+    return out[:count]
+
+
+def upstox_order_lifecycle(i: int, user_id: str = "7AB123") -> List[bytes]:
+    """Portfolio-stream ``order`` updates for one order (protocols/upstox.md §a.4, every key).
+
+    put order req received → validation pending → open pending → open, then: two partial
+    fills and ``complete``; or one partial fill, ``cancel pending``, ``cancelled``; or (1 in
+    10) ``rejected`` after validation. Every update changes the status or the filled
+    quantity, so each one is an order change.
+    """
+    _, symbol, base = INSTRUMENTS[i % len(INSTRUMENTS)]
+    key = f"NSE_EQ|INE{848 + i % 64:03d}E01016"
+    quantity = 4 * (1 + i % 25)
+    price = round(base + (i % 40) * 0.05, 2)
+    order_id = str(240221025997024 + i)
+    order: Dict[str, object] = {
+        "update_type": "order", "user_id": user_id, "userId": user_id, "exchange": "NSE",
+        "instrument_token": key, "instrument_key": key, "trading_symbol": f"{symbol}-EQ",
+        "tradingsymbol": f"{symbol}-EQ", "product": "D" if i % 3 else "I", "order_type": "LIMIT",
+        "average_price": 0, "price": price, "trigger_price": 0, "quantity": quantity, "disclosed_quantity": 0,
+        "pending_quantity": quantity, "transaction_type": "BUY" if i % 2 == 0 else "SELL",
+        "order_ref_id": str(57744821658411 + i), "exchange_order_id": "", "parent_order_id": None,
+        "validity": "DAY", "status": "put order req received", "is_amo": False, "variety": "SIMPLE",
+        "tag": None, "exchange_timestamp": None, "status_message": "", "order_id": order_id,
+        "order_request_id": "1", "order_timestamp": _ist(i), "filled_quantity": 0, "guid": None,
+        "placed_by": user_id, "status_message_raw": None,
+    }
+    steps: List[bytes] = []
+
+    def push(**changes: object) -> None:
+        order.update(changes)
+        steps.append(dumps(order))
+
+    push()
+    push(status="validation pending")
+    kind = _lifecycle_kind(i)
+    if kind == "rejected":
+        message = "Insufficient funds. Required margin is 95417.84 but available margin is 74251.80"
+        push(status="rejected", pending_quantity=0, status_message=message, status_message_raw=message)
+        return steps
+    push(status="open pending")
+    push(status="open", exchange_order_id=f"1100000{order_id[-8:]}", exchange_timestamp=_ist(i + 1))
+    fills = (quantity // 4, quantity // 2) if kind == "filled" else (quantity // 2,)
+    filled, value = 0, 0.0
+    for n, part in enumerate(fills):
+        fill_price = round(price - 0.05 * n, 2)
+        filled, value = filled + part, value + part * fill_price
+        push(filled_quantity=filled, pending_quantity=quantity - filled, average_price=round(value / filled, 4),
+             exchange_timestamp=_ist(i + 2 + n))
+    if kind == "filled":
+        value += (quantity - filled) * price
+        push(status="complete", filled_quantity=quantity, pending_quantity=0,
+             average_price=round(value / quantity, 4), exchange_timestamp=_ist(i + 4))
+    else:
+        push(status="cancel pending", order_request_id="2")
+        push(status="cancelled", pending_quantity=0, status_message="Cancelled by user",
+             exchange_timestamp=_ist(i + 5))
+    return steps
+
+
+def upstox_frames(count: int, user_id: str = "7AB123", interleave: int = 50) -> List[bytes]:
+    """``count`` Upstox ``order`` updates (text), ``interleave`` orders in flight at once."""
+    return _orders_in_flight(count, lambda i: upstox_order_lifecycle(i, user_id), interleave)
+
+
+def firstock_order_lifecycle(i: int, user_id: str = "AB1234") -> List[bytes]:
+    """Firstock V2 order updates for one order (protocols/firstock.md §a.6; every value a string).
+
+    ORDER ACK → PENDING → OPEN, then: two ``PartialFill`` and a ``Fill`` (COMPLETE); or one
+    partial fill and CANCELED; or (1 in 10) REJECTED. Fill fields (``fillshares``,
+    ``avgprc``, ``flqty``, ``flprc``, ``flid``, ``fltm``) come once something filled, as the
+    simulator sends them. Every update changes the status or the filled quantity.
+    """
+    conid, symbol, base = INSTRUMENTS[i % len(INSTRUMENTS)]
+    quantity = 5 * (1 + i % 20)
+    price = base + (i % 40) * 0.05
+    order_id = str(26042400010001 + i)
+    t = 1_745_483_337 + i
+    order: Dict[str, object] = {
+        "norenordno": order_id, "status": "ORDER ACK", "reporttype": "NewAck", "tsym": f"{symbol}-EQ",
+        "exch": "NSE", "token": str(conid % 100000), "trantype": "B" if i % 2 == 0 else "S",
+        "qty": str(quantity), "prc": f"{price:.2f}", "prctyp": "LMT", "pcode": "C" if i % 3 else "I",
+        "ret": "DAY", "rejreason": " ", "remarks": "", "dscqty": "0", "uid": user_id, "actid": user_id,
+        "tm": str(t), "ntm": str(t * 1_000_000_000 + 52296028), "kidid": "1",
+        "handlinst": f"6f1c2e9a-7b4d-4c1e-9a2f-{i:012d}", "ls": "1", "ti": "0.05", "pp": "2", "mult": "1",
+        "prcftr": "1.000000",
+    }
+    steps: List[bytes] = []
+
+    def push(**changes: object) -> None:
+        order.update(changes)
+        steps.append(dumps(order))
+
+    push()
+    push(status="PENDING", reporttype="PendingNew")
+    kind = _lifecycle_kind(i)
+    if kind == "rejected":
+        push(status="REJECTED", reporttype="Rejected", rejreason="RMS:Margin Exceeds,Required:95417.84, "
+             "Available:74251.80 for entity account-" + user_id)
+        return steps
+    push(status="OPEN", reporttype="New", tm=str(t + 1))
+    fills = (quantity // 4, quantity // 2, quantity - quantity // 4 - quantity // 2) if kind == "filled" \
+        else (quantity // 2,)
+    filled, value = 0, 0.0
+    for n, part in enumerate(fills):
+        fill_price = price - 0.05 * n
+        filled, value = filled + part, value + part * fill_price
+        done = filled == quantity
+        push(status="COMPLETE" if done else "OPEN", reporttype="Fill" if done else "PartialFill",
+             fillshares=str(filled), avgprc=f"{value / filled:.2f}", flqty=str(part), flprc=f"{fill_price:.2f}",
+             flid=f"F{order_id[-6:]}{filled}", fltm=str(t + 2 + n), tm=str(t + 2 + n))
+    if kind == "cancelled":
+        push(status="CANCELED", reporttype="Canceled", tm=str(t + 5))
+    return steps
+
+
+def firstock_frames(count: int, user_id: str = "AB1234", interleave: int = 50) -> List[bytes]:
+    """``count`` Firstock order updates (text), ``interleave`` orders in flight at once."""
+    return _orders_in_flight(count, lambda i: firstock_order_lifecycle(i, user_id), interleave)

@@ -164,13 +164,15 @@ class Scenario:
         self.rows.append(row)
         return row
 
-    def ratios(self) -> None:
-        """Fill every row's ratio to the baseline row (same run)."""
-        base = next((r for r in self.rows if r.baseline), None)
+    def ratios(self, rows: Optional[Sequence[Row]] = None) -> None:
+        """Fill the ratio of every row (or of ``rows``, a group with its own baseline) to the
+        baseline row among them (same run)."""
+        group = self.rows if rows is None else rows
+        base = next((r for r in group if r.baseline), None)
         if base is None or not base.values:
             return
         b = base.stats["median"]
-        for row in self.rows:
+        for row in group:
             m = row.stats["median"]
             if m is None or not b:
                 continue

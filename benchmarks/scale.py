@@ -31,10 +31,10 @@ class Scale:
 
 
 SCALES: Dict[str, Scale] = {
-    "full": Scale(name="full", reps=3, orders=100_000, quotes=100_000, conids=20, replay=100_000, india=50_000,
+    "full": Scale(name="full", reps=3, orders=100_000, quotes=100_000, conids=20, replay=100_000, india=15_000,
                   rate=2000.0, latency_seconds=2.0, idle_seconds=30.0, feeds=100, soak=1_000_000,
                   recovery_reps=3, down_for=1.0, timeout=120.0),
-    "quick": Scale(name="quick", reps=3, orders=20_000, quotes=20_000, conids=20, replay=20_000, india=10_000,
+    "quick": Scale(name="quick", reps=3, orders=20_000, quotes=20_000, conids=20, replay=20_000, india=5_000,
                    rate=2000.0, latency_seconds=1.0, idle_seconds=5.0, feeds=20, soak=200_000,
                    recovery_reps=3, down_for=1.0, timeout=60.0),
     "tiny": Scale(name="tiny", reps=1, orders=1_000, quotes=1_000, conids=4, replay=1_000, india=500,

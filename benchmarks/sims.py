@@ -3,14 +3,15 @@
 Each subclass keeps its simulator's handshake and protocol (auth, subscribe, acks) and,
 at the moment the broker would start streaming, writes pre-framed payloads straight to
 the transport in 256 KiB chunks (as :mod:`benchmarks.server` does), so the simulator is
-not the bottleneck.
+not the bottleneck. Every connection gets the burst once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, Dict, List
+import urllib.parse
+from typing import Any, Callable, Dict, List, Optional
 
 from . import frames as fr
 
@@ -27,7 +28,12 @@ class _Blaster:
         self.payload_sizes = fr.sizes(payloads) if payloads else {}
         self.blasts: List[Dict[str, Any]] = []
 
-    async def _blast_to(self, connection: Any, after: Any = None) -> None:
+    def _blast_once(self, client: Any, after: Optional[Callable[[], None]] = None) -> None:
+        """Start the burst to ``client`` unless it already had one; ``after`` runs once it is sent."""
+        if not client.info.get("blast"):
+            client.info["blast"] = asyncio.ensure_future(self._blast_to(client.connection, after))
+
+    async def _blast_to(self, connection: Any, after: Optional[Callable[[], None]] = None) -> None:
         await asyncio.sleep(0.02)  # let the acknowledgement go out first
         record: Dict[str, Any] = {"start": time.monotonic(), "end": None, "frames": 0}
         self.blasts.append(record)
@@ -46,6 +52,9 @@ class _Blaster:
     def info(self) -> Dict[str, Any]:
         return {"blasts": [dict(b) for b in self.blasts], "count": self.count, "payload_bytes": self.payload_sizes}
 
+    def _addresses(self, **extra: Any) -> Dict[str, Any]:
+        return {"count": self.count, "payload_bytes": self.payload_sizes, **extra}
+
 
 def clearstreet(config: Dict[str, Any]) -> Any:
     """The Clear Street simulator replaying ``count`` sequenced messages after a subscribe."""
@@ -59,20 +68,83 @@ def clearstreet(config: Dict[str, Any]) -> Any:
 
         def _on_client_message(self, client: Any, message: Any) -> None:
             super()._on_client_message(client, message)
-            if client.info.get("subs") and not client.info.get("blasted"):
-                client.info["blasted"] = True
-                done = self._frame({"type": "replay-complete"})
-                asyncio.ensure_future(self._blast_to(client.connection,
-                                                     lambda: client.info["queue"].put_nowait(done)))
+            if client.info.get("subs"):
+                self._blast_once(client, lambda: client.info["queue"].put_nowait(
+                    self._frame({"type": "replay-complete"})))
 
         def addresses(self) -> Dict[str, Any]:
-            return {"url": self.url, "rest_url": self.rest_url, "token": self.token, "account": "100000",
-                    "count": self.count, "payload_bytes": self.payload_sizes}
+            return self._addresses(url=self.url, rest_url=self.rest_url, token=self.token, account="100000")
 
     return Burst()
 
 
-BUILDERS = {"clearstreet": clearstreet}
+#: The socket URL the official Upstox SDK opens (with its Bearer header); Upstox answers
+#: 302 to a freshly minted one-time URI (protocols/upstox.md §a.1, §d).
+UPSTOX_REDIRECT_PATH = "/v2/feed/portfolio-stream-feed"
+
+
+def upstox(config: Dict[str, Any]) -> Any:
+    """The Upstox simulator sending ``count`` order updates on every authorized socket, as
+    soon as the one-time URI is opened; also answers the SDK's redirecting URL with a 302."""
+    from brokerfeeds.testing._server import HttpRequest
+    from brokerfeeds.testing.upstox import UpstoxSimulator
+
+    class Burst(_Blaster, UpstoxSimulator):
+        def __init__(self) -> None:
+            super().__init__(ping_every=None)
+            self._setup_burst(fr.upstox_frames(int(config["count"]), self.user_id), False)
+
+        async def serve_client(self, client: Any) -> None:
+            if "order" in client.info.get("types", ()):
+                self._blast_once(client)
+            await super().serve_client(client)
+
+        def _process_request(self, connection: Any, request: Any) -> Any:
+            path, _, query = request.path.partition("?")
+            if path != UPSTOX_REDIRECT_PATH:
+                return super()._process_request(connection, request)
+            # Authorize exactly as the REST endpoint does (token check, minted code), then 302.
+            headers = {"Authorization": request.headers.get("Authorization", "")}
+            status, body, _ = self._authorize(HttpRequest("GET", path, dict(urllib.parse.parse_qsl(query)),
+                                                          headers, b""))
+            if status != 200:
+                return connection.respond(status, str(body))
+            response = connection.respond(302, "")
+            response.headers["Location"] = body["data"]["authorized_redirect_uri"]
+            return response
+
+        def addresses(self) -> Dict[str, Any]:
+            return self._addresses(url=self.ws_base + UPSTOX_REDIRECT_PATH, rest_url=self.rest_url,
+                                   token=self.token)
+
+    return Burst()
+
+
+def firstock(config: Dict[str, Any]) -> Any:
+    """The Firstock simulator sending ``count`` order updates after a client's first subscribe
+    (order updates need none, but every client subscribes once it reads the socket: the
+    official SDK only starts its reader 0.5 s after the auth frame)."""
+    from brokerfeeds.testing.firstock import FirstockSimulator
+
+    class Burst(_Blaster, FirstockSimulator):
+        def __init__(self) -> None:
+            # Pings far apart (a ping queued behind a burst must not time a slow client out);
+            # room for every contender's session, even one whose socket lingers.
+            super().__init__(ping_every=600.0, max_sessions=1000)
+            self._setup_burst(fr.firstock_frames(int(config["count"]), self.user_id), False)
+
+        async def _on_client_message(self, client: Any, text: str) -> None:
+            await super()._on_client_message(client, text)
+            if client.info.get("subs"):
+                self._blast_once(client)
+
+        def addresses(self) -> Dict[str, Any]:
+            return self._addresses(url=self.url, rest_url=self.rest_url, user_id=self.user_id, jkey=self.jkey)
+
+    return Burst()
+
+
+BUILDERS = {"clearstreet": clearstreet, "upstox": upstox, "firstock": firstock}
 
 
 def build(config: Dict[str, Any]) -> Any:

@@ -44,6 +44,36 @@ def test_every_sor_frame_is_an_order_change() -> None:
     assert any(o.status is OrderStatus.FILLED for o in orders) and 300 < fr.sizes(payloads)["mean"] < 800
 
 
+def test_every_upstox_frame_is_an_order_change() -> None:
+    from brokerfeeds.brokers.upstox import UpstoxProtocol
+    from brokerfeeds.events import Order, OrderStatus
+
+    protocol = UpstoxProtocol()
+    payloads = fr.upstox_frames(700)
+    orders = [o for p in payloads for o in protocol.on_frame(p, False, 0.0) if isinstance(o, Order)]
+    assert len(orders) == len(payloads)
+    statuses = {o.status for o in orders}
+    assert {OrderStatus.PARTIALLY_FILLED, OrderStatus.FILLED, OrderStatus.CANCELLED, OrderStatus.REJECTED} <= statuses
+    assert 700 < fr.sizes(payloads)["mean"] < 900
+
+
+def test_every_firstock_frame_is_an_order_change() -> None:
+    from brokerfeeds.brokers.firstock import FirstockProtocol
+    from brokerfeeds.events import Order, OrderStatus
+    from brokerfeeds.protocol import Ready
+
+    protocol = FirstockProtocol("AB1234", can_refresh=True)
+    assert any(isinstance(o, Ready) for o in protocol.on_frame(
+        b'{"status":"success","message":"Authentication successful"}', False, 0.0))
+    payloads = fr.firstock_frames(700)
+    orders = [o for p in payloads for o in protocol.on_frame(p, False, 0.0) if isinstance(o, Order)]
+    assert len(orders) == len(payloads)
+    statuses = {o.status for o in orders}
+    assert {OrderStatus.PARTIALLY_FILLED, OrderStatus.FILLED, OrderStatus.CANCELLED, OrderStatus.REJECTED} <= statuses
+    assert not protocol.take_order_refresh()  # fill fields present: no order book refresh needed
+    assert 400 < fr.sizes(payloads)["mean"] < 600
+
+
 def test_soak_block_repeats_without_repeating_a_state() -> None:
     from brokerfeeds.brokers.ibkr import IbkrProtocol
     from brokerfeeds.events import Order, Quote
@@ -90,6 +120,22 @@ def test_scenario_3_clearstreet_replay() -> None:
     if not peers.clearstreet_available():
         pytest.skip("Clear Street feed not importable")
     _ran(peers.run_clearstreet(TINY))
+
+
+def test_scenario_4_upstox_firstock_vs_sdks() -> None:
+    from benchmarks.scenarios import peers
+
+    scenario = peers.run_india(TINY)
+    _ran(scenario)
+    names = [row.name for row in scenario.rows]
+    for broker in peers.INDIA:
+        ours = [row for row in scenario.rows if row.name.startswith(f"{broker.name}: {broker.feed}")]
+        assert ours, names
+        assert sum(row.baseline for row in scenario.rows if row.name.startswith(broker.name)) == 1
+        assert any(n.startswith(f"{broker.name}: {broker.sdk_label}") for n in names) == installed(broker.sdk_module)
+        assert any("orjson" in row.name for row in ours) == installed("orjson")
+    for row in scenario.rows:  # each contender delivered every order update, once
+        assert row.extra["delivered"] == [TINY.india], row.name
 
 
 def test_scenario_5_latency() -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 from ..harness import Row, Scenario, ServerProcess, check, installed, run_client
 from ..scale import Scale
@@ -26,6 +26,65 @@ def clearstreet_available() -> bool:
     return _missing("brokerfeeds.brokers.clearstreet") is None and _missing("brokerfeeds.testing.clearstreet") is None
 
 
+Contender = Tuple[str, Dict[str, Any]]
+
+
+class _Runs:
+    """Figures of contenders run round-robin against one burst server (scenarios 3 and 4)."""
+
+    def __init__(self, contenders: Sequence[Contender]) -> None:
+        self.rates: Dict[str, List[float]] = {name: [] for name, _ in contenders}
+        self.seconds: Dict[str, List[float]] = {name: [] for name, _ in contenders}
+        self.delivered: Dict[str, List[int]] = {name: [] for name, _ in contenders}
+        self.errors: Dict[str, str] = {}
+
+    def row(self, name: str, baseline: bool = False, note: str = "") -> Row:
+        """The table row of contender ``name`` (its error, if any, as the note)."""
+        return Row(name, self.rates[name], "msg/s", baseline=baseline, note=self.errors.get(name, note),
+                   extra={"seconds": self.seconds[name], "delivered": self.delivered[name]})
+
+
+def _burst_runs(scale: Scale, contenders: Sequence[Contender], count: int,
+                **server_config: Any) -> Tuple[_Runs, Dict[str, Any]]:
+    """Run every contender ``scale.reps`` times (round-robin, each in a fresh subprocess) against
+    one burst server of ``count`` messages; rate = ``count`` / (last delivery - burst start).
+
+    Returns the figures and the server's addresses (with ``payload_bytes``).
+    """
+    runs = _Runs(contenders)
+    with ServerProcess(count=count, **server_config) as server:
+        addresses = {k: v for k, v in server.info.items() if k not in ("count", "payload_bytes")}
+        for _ in range(scale.reps):
+            for name, spec in contenders:
+                spec = dict(spec, **addresses, expected=count, timeout=scale.timeout)
+                result = run_client(spec, timeout=scale.timeout + 30)
+                blast = server.last_blast()
+                if "error" in result or not result.get("ok") or not blast:
+                    runs.errors[name] = result.get("error") or \
+                        f"not done before the timeout ({result.get('count', 0):,} delivered)"
+                    continue
+                elapsed = result["last"] - blast["start"]
+                runs.rates[name].append(count / elapsed)
+                runs.seconds[name].append(elapsed)
+                runs.delivered[name].append(int(result.get("count", 0)))
+        return runs, server.info
+
+
+def _feed_contenders(label: str, kind: str, few: bool) -> Tuple[List[Contender], List[str]]:
+    """Our feed in the default ``thread`` mode with orjson and with stdlib json, and ``inline``
+    with orjson unless ``few``; the orjson ones only when orjson is installed (else a note says so)."""
+    out: List[Contender] = [
+        (f"{label} dispatch=thread, orjson", {"kind": kind, "dispatch": "thread", "fast": True}),
+        (f"{label} dispatch=thread, stdlib json", {"kind": kind, "dispatch": "thread", "fast": False}),
+    ]
+    if not few:
+        out.append((f"{label} dispatch=inline, orjson", {"kind": kind, "dispatch": "inline", "fast": True}))
+    if installed("orjson"):
+        return out, []
+    return ([c for c in out if not c[1]["fast"]],
+            ["orjson (the 'fast' extra) is not installed: contenders with orjson skipped"])
+
+
 # ------------------------------------------------------------------ scenario 3
 def run_clearstreet(scale: Scale) -> Scenario:
     """Time until ``replay-complete`` is delivered after ``scale.replay`` replayed messages."""
@@ -34,39 +93,18 @@ def run_clearstreet(scale: Scale) -> Scenario:
     if why:
         scenario.skipped = why
         return scenario
-    contenders: List[Tuple[str, Dict[str, Any]]] = [
-        ("baseline: websocket-client recv() + json.loads", {"kind": "cs_baseline"}),
-        ("ClearStreetFeed dispatch=thread, orjson", {"kind": "cs_feed", "dispatch": "thread", "fast": True}),
-        ("ClearStreetFeed dispatch=thread, stdlib json", {"kind": "cs_feed", "dispatch": "thread", "fast": False}),
-        ("ClearStreetFeed dispatch=inline, orjson", {"kind": "cs_feed", "dispatch": "inline", "fast": True}),
-    ]
-    if not installed("orjson"):
-        contenders = [c for c in contenders if not c[1].get("fast")]
-        scenario.facts["note"] = "orjson (the 'fast' extra) is not installed: contenders with orjson skipped"
+    feeds, notes = _feed_contenders("ClearStreetFeed", "cs_feed", few=False)
+    contenders = [("baseline: websocket-client recv() + json.loads", {"kind": "cs_baseline"}), *feeds]
+    if notes:
+        scenario.facts["note"] = notes[0]
     if scale.few:
         contenders = contenders[:2]
-    values: Dict[str, List[float]] = {name: [] for name, _ in contenders}
-    seconds: Dict[str, List[float]] = {name: [] for name, _ in contenders}
-    errors: Dict[str, str] = {}
-    with ServerProcess(sim="clearstreet", count=scale.replay) as server:
-        scenario.facts["payload bytes"] = server.info["payload_bytes"]
-        for _ in range(scale.reps):
-            for name, spec in contenders:
-                spec = dict(spec, url=server.url, rest_url=server.rest_url, token=server.info["token"],
-                            account=server.info["account"], timeout=scale.timeout)
-                result = run_client(spec, timeout=scale.timeout + 30)
-                blast = server.last_blast()
-                if "error" in result or not result.get("ok") or not blast:
-                    errors[name] = result.get("error") or f"replay-complete not seen ({result.get('count', 0):,})"
-                    continue
-                elapsed = result["last"] - blast["start"]
-                values[name].append(scale.replay / elapsed)
-                seconds[name].append(elapsed)
+    runs, info = _burst_runs(scale, contenders, scale.replay, sim="clearstreet")
+    scenario.facts["payload bytes"] = info["payload_bytes"]
     for name, spec in contenders:
-        row = scenario.add(Row(name, values[name], "msg/s", baseline=spec["kind"] == "cs_baseline",
-                               note=errors.get(name, ""), extra={"seconds": seconds[name]}))
-        row.note = row.note or (f"replay-complete after {min(seconds[name]):.2f}-{max(seconds[name]):.2f} s"
-                                if seconds[name] else "")
+        seconds = runs.seconds[name]
+        scenario.add(runs.row(name, baseline=spec["kind"] == "cs_baseline",
+                              note=f"replay-complete after {min(seconds):.2f}-{max(seconds):.2f} s" if seconds else ""))
     scenario.ratios()
     for row in scenario.rows:
         if row.name.startswith("ClearStreetFeed dispatch=thread") and row.ratio is not None:
@@ -75,13 +113,73 @@ def run_clearstreet(scale: Scale) -> Scenario:
 
 
 # ------------------------------------------------------------------ scenario 4
+class IndiaBroker(NamedTuple):
+    """One broker of scenario 4: our feed, its modules, the official SDK, the client kinds' prefix."""
+
+    name: str
+    feed: str
+    modules: Tuple[str, ...]
+    sdk_label: str
+    sdk_module: str
+    sdk_pip: str
+    kind: str  # client kinds are <kind>_baseline, <kind>_feed, <kind>_sdk (benchmarks.peers)
+
+
+INDIA = (
+    IndiaBroker("Upstox", "UpstoxFeed", ("brokerfeeds.brokers.upstox", "brokerfeeds.testing.upstox"),
+                "upstox-python-sdk PortfolioDataStreamer (raw str)", "upstox_client", "upstox-python-sdk", "up"),
+    IndiaBroker("Firstock", "FirstockFeed", ("brokerfeeds.brokers.firstock", "brokerfeeds.testing.firstock"),
+                "firstock SDK websocket (order_data dict)", "firstock", "firstock", "fs"),
+)
+
+
+def _india_broker(scenario: Scenario, scale: Scale, broker: IndiaBroker) -> None:
+    """One broker's rows of scenario 4: baseline, our feed, the official SDK (each if available)."""
+    why = next((w for w in map(_missing, broker.modules) if w), None)
+    if why:
+        scenario.notes.append(f"{broker.name} skipped: {why}")
+        return
+    feeds, notes = _feed_contenders(f"{broker.name}: {broker.feed}", f"{broker.kind}_feed", scale.few)
+    contenders: List[Contender] = [
+        (f"{broker.name}: baseline recv() + json.loads", {"kind": f"{broker.kind}_baseline"}), *feeds]
+    if installed(broker.sdk_module):
+        # hard_exit: the SDKs leave threads behind (Upstox: a non-daemon socket thread).
+        contenders.append((f"{broker.name}: {broker.sdk_label}", {"kind": f"{broker.kind}_sdk", "hard_exit": True}))
+    else:
+        notes.append(f"{broker.sdk_pip} is not installed (pip install -e '.[bench]'): "
+                     f"{broker.name}'s official SDK skipped")
+    scenario.notes.extend(n for n in notes if n not in scenario.notes)
+    runs, info = _burst_runs(scale, contenders, scale.india, sim=broker.name.lower())
+    scenario.facts[f"{broker.name} payload bytes"] = info["payload_bytes"]
+    rows = [scenario.add(runs.row(name, baseline=spec["kind"].endswith("_baseline"))) for name, spec in contenders]
+    scenario.ratios(rows)
+    sdk = rows[-1] if contenders[-1][1]["kind"].endswith("_sdk") else None
+    if sdk is not None and sdk.values:
+        for row in rows[1:-1]:
+            if row.values and "dispatch=thread" in row.name:
+                times = (row.stats["median"] or 0.0) / (sdk.stats["median"] or 1.0)
+                scenario.facts[f"{row.name} vs SDK"] = f"{times:.2f}x"
+
+
 def run_india(scale: Scale) -> Scenario:
-    """Upstox / Firstock: our feeds vs the official SDKs' streamers on the same simulator."""
-    scenario = Scenario(4, "Upstox / Firstock vs official SDKs")
-    scenario.skipped = ("not built yet: UpstoxFeed / FirstockFeed and their simulators exist, but the drivers for "
-                        "the official SDKs (upstox-python-sdk PortfolioDataStreamer, firstock websockets) and "
-                        "burst modes of those simulators are still to write (see protocols/upstox.md and "
-                        "protocols/firstock.md section d)")
+    """Scenario 4: Upstox / Firstock order updates per second through our feeds vs the
+    official SDKs' streamers, on each broker's own simulator in burst mode."""
+    scenario = Scenario(4, f"Upstox / Firstock vs official SDKs ({scale.india:,} order updates per burst)")
+    scenario.facts["burst"] = ("order updates as text frames, 50 orders in flight: placed, 2 partial fills, "
+                               "complete; 1 in 5 cancelled after a partial fill, 1 in 10 rejected")
+    for broker in INDIA:
+        _india_broker(scenario, scale, broker)
+    if not scenario.rows:
+        scenario.skipped = "; ".join(scenario.notes) or "no broker available"
+        return scenario
+    if any(row.name.endswith(broker.sdk_label) for row in scenario.rows for broker in INDIA):
+        scenario.notes[:0] = [
+            ("what reaches the callback differs: the SDKs hand out the raw message (Upstox: the str; "
+             "Firstock: the json.loads'd dict), brokerfeeds a normalised Order (typed, Decimal, status mapped, "
+             "fills derived)"),
+            ("the SDKs' websocket-client validates the UTF-8 of text frames in pure Python (no wsaccel); "
+             "baseline and brokerfeeds skip that"),
+        ]
     return scenario
 
 
