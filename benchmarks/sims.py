@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import urllib.parse
 from typing import Any, Callable, Dict, List, Optional
 
 from . import frames as fr
@@ -78,16 +77,10 @@ def clearstreet(config: Dict[str, Any]) -> Any:
     return Burst()
 
 
-#: The socket URL the official Upstox SDK opens (with its Bearer header); Upstox answers
-#: 302 to a freshly minted one-time URI (protocols/upstox.md §a.1, §d).
-UPSTOX_REDIRECT_PATH = "/v2/feed/portfolio-stream-feed"
-
-
 def upstox(config: Dict[str, Any]) -> Any:
     """The Upstox simulator sending ``count`` order updates on every authorized socket, as
-    soon as the one-time URI is opened; also answers the SDK's redirecting URL with a 302."""
-    from brokerfeeds.testing._server import HttpRequest
-    from brokerfeeds.testing.upstox import UpstoxSimulator
+    soon as the one-time URI is opened (the SDK's ``REDIRECT_PATH`` is answered with a 302 to one)."""
+    from brokerfeeds.testing.upstox import REDIRECT_PATH, UpstoxSimulator
 
     class Burst(_Blaster, UpstoxSimulator):
         def __init__(self) -> None:
@@ -99,22 +92,8 @@ def upstox(config: Dict[str, Any]) -> Any:
                 self._blast_once(client)
             await super().serve_client(client)
 
-        def _process_request(self, connection: Any, request: Any) -> Any:
-            path, _, query = request.path.partition("?")
-            if path != UPSTOX_REDIRECT_PATH:
-                return super()._process_request(connection, request)
-            # Authorize exactly as the REST endpoint does (token check, minted code), then 302.
-            headers = {"Authorization": request.headers.get("Authorization", "")}
-            status, body, _ = self._authorize(HttpRequest("GET", path, dict(urllib.parse.parse_qsl(query)),
-                                                          headers, b""))
-            if status != 200:
-                return connection.respond(status, str(body))
-            response = connection.respond(302, "")
-            response.headers["Location"] = body["data"]["authorized_redirect_uri"]
-            return response
-
         def addresses(self) -> Dict[str, Any]:
-            return self._addresses(url=self.ws_base + UPSTOX_REDIRECT_PATH, rest_url=self.rest_url,
+            return self._addresses(url=self.ws_base + REDIRECT_PATH, rest_url=self.rest_url,
                                    token=self.token)
 
     return Burst()

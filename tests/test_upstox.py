@@ -562,3 +562,21 @@ def test_error_envelope_both_spellings() -> None:
     assert feed._rest_error_text(old) == "UDAPI10005 Too Many Request Sent"
     assert feed._rest_error_text({"message": "plain"}) == "plain"
     assert feed._rest_error_text("text") is None
+
+
+def test_simulator_redirects_the_sdk_style_socket_url_to_a_one_time_uri(sim: UpstoxSimulator) -> None:
+    """The official SDK opens the socket URL with its Bearer header and follows a 302."""
+    from brokerfeeds.testing.upstox import REDIRECT_PATH
+
+    url = sim.ws_base + REDIRECT_PATH + "?update_types=order%2Cposition"
+    ws = websocket.create_connection(url, header=[f"Authorization: Bearer {sim.token}"], timeout=5)
+    try:
+        assert sim.authorizations == 1 and len(sim.used_codes) == 1  # redirected, then the code was spent
+        sim.place_order("SBIN-EQ", "BUY", 1, 570.0)
+        assert json.loads(ws.recv())["update_type"] == "order"
+    finally:
+        ws.close()
+    with pytest.raises(websocket.WebSocketBadStatusException) as refused:
+        websocket.create_connection(url, header=["Authorization: Bearer wrong"], timeout=5)
+    assert refused.value.status_code == 401 and "401 Unauthorized" in str(refused.value)
+    assert sim.token not in str(refused.value)

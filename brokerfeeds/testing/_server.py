@@ -35,6 +35,8 @@ except ImportError as exc:  # pragma: no cover
 __all__ = ["SimulatorBase", "HttpRequest", "HttpReply", "Client"]
 
 T = TypeVar("T")
+#: How :meth:`SimulatorBase.check_handshake` refuses: ``(status, body)`` or with headers.
+Refusal = Union[Tuple[int, str], Tuple[int, str, Dict[str, str]]]
 S = TypeVar("S", bound="SimulatorBase")
 
 
@@ -190,8 +192,9 @@ class SimulatorBase:
             for task in tasks:
                 task.cancel()
 
-    def check_handshake(self, request: Request) -> Union[Dict[str, Any], Tuple[int, str]]:
-        """Accept (return info for the :class:`Client`) or refuse (``(status, body)``)."""
+    def check_handshake(self, request: Request) -> Union[Dict[str, Any], Refusal]:
+        """Accept (return info for the :class:`Client`) or refuse: ``(status, body)`` or
+        ``(status, body, headers)`` (e.g. a 302 with its ``Location``)."""
         return {}
 
     def route(self, method: str, path: str, handler: RouteHandler) -> None:
@@ -305,10 +308,13 @@ class SimulatorBase:
     def _process_request(self, connection: ServerConnection, request: Request) -> Optional[Response]:
         verdict = self.check_handshake(request)
         if isinstance(verdict, tuple):
-            with self.lock:
-                self.rejected += 1
-            status, body = verdict
-            return connection.respond(status, body)
+            if verdict[0] >= 400:
+                with self.lock:
+                    self.rejected += 1
+            response = connection.respond(verdict[0], verdict[1])
+            for name, value in (verdict[2] if len(verdict) > 2 else {}).items():  # type: ignore[misc]
+                response.headers[name] = value
+            return response
         connection.sim_info = verdict  # type: ignore[attr-defined]
         return None
 

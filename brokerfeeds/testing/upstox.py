@@ -32,13 +32,14 @@ from __future__ import annotations
 import asyncio
 import datetime as _dt
 import itertools
+import json
 import time
 import uuid
 import zlib
 from decimal import Decimal
 from typing import Any, Dict, List, Optional, Set, Tuple, Union
 
-from ._server import Client, HttpRequest, SimulatorBase, query_of
+from ._server import Client, HttpRequest, Refusal, SimulatorBase, query_of
 
 __all__ = ["UpstoxSimulator"]
 
@@ -46,6 +47,8 @@ _ORDER_IDS = itertools.count(240221025997024)
 _GTT_IDS = itertools.count(24002)
 _IST = _dt.timezone(_dt.timedelta(hours=5, minutes=30))
 FEED_PATH = "/upstox-developer-api/order-updates/feed"
+#: The socket URL that answers 302 to a one-time ``FEED_PATH`` URI (what the official SDK opens).
+REDIRECT_PATH = "/v2/feed/portfolio-stream-feed"
 
 
 def _now_ist() -> str:
@@ -414,8 +417,17 @@ class UpstoxSimulator(SimulatorBase):
         return rows
 
     # ----------------------------------------------------------------- the socket
-    def check_handshake(self, request: Any) -> Union[Dict[str, Any], Tuple[int, str]]:
-        if request.path.split("?")[0] != FEED_PATH:
+    def check_handshake(self, request: Any) -> Union[Dict[str, Any], Refusal]:
+        path = request.path.split("?")[0]
+        if path == REDIRECT_PATH:
+            # What the official SDK opens: authorized like the REST call, answered with a 302
+            # to a freshly minted one-time URI (websocket-client follows it).
+            status, body, _ = self._authorize(HttpRequest(
+                "GET", path, query_of(request), {"Authorization": request.headers.get("Authorization", "")}, b""))
+            if status != 200:
+                return status, "Unauthorized" if status == 401 else json.dumps(body)
+            return 302, "", {"Location": body["data"]["authorized_redirect_uri"]}
+        if path != FEED_PATH:
             return 404, "Not Found"
         code = query_of(request).get("code", "")
         with self.lock:
