@@ -11,9 +11,9 @@ from decimal import Decimal
 import re
 from typing import Any, Callable, Dict, Generic, Hashable, Mapping, Optional, Tuple, TypeVar
 
-from .events import Order, OrderStatus
+from .events import Order, OrderStatus, Side
 
-__all__ = ["ChangeTracker", "OrderTracker", "FillTracker", "Snapshots", "status_table", "map_order_status"]
+__all__ = ["ChangeTracker", "OrderTracker", "FillTracker", "Snapshots", "status_table", "map_order_status", "side_of"]
 
 _NOT_ALNUM = re.compile(r"[^0-9a-z]+")
 
@@ -49,6 +49,17 @@ def map_order_status(
     if status is OrderStatus.OPEN and filled and quantity and 0 < filled < quantity:
         return OrderStatus.PARTIALLY_FILLED
     return status
+
+# Every broker's words for a side, keyed like status words (case, "-" and "_" ignored):
+# IBKR BUY/SELL (BOT/SLD on executions), Upstox and Firstock also B/S, Clear Street sell-short.
+_SIDE_WORDS = {"buy": Side.BUY, "b": Side.BUY, "bot": Side.BUY,
+               "sell": Side.SELL, "s": Side.SELL, "sld": Side.SELL, "sellshort": Side.SELL}
+
+
+def side_of(word: Any) -> Optional[Side]:
+    """A broker's side word as a :class:`Side`; None when missing or unknown."""
+    return _SIDE_WORDS.get(_status_key(word)) if word is not None else None
+
 
 E = TypeVar("E")
 

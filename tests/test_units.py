@@ -10,9 +10,9 @@ import pytest
 
 from brokerfeeds import ReconnectPolicy
 from brokerfeeds.auth import TokenSource
-from brokerfeeds.events import Order, OrderStatus, Quote
+from brokerfeeds.events import Order, OrderStatus, Quote, Side
 from brokerfeeds.redact import Redactor, RedactingLogger
-from brokerfeeds.state import FillTracker, OrderTracker, Snapshots
+from brokerfeeds.state import FillTracker, OrderTracker, Snapshots, side_of
 from brokerfeeds.values import from_epoch_ms, to_decimal
 
 
@@ -153,6 +153,13 @@ class TestState:
         snaps.merge("a", {"ltp": 10, "bid": 9})
         merged = snaps.merge("a", {"ltp": 0, "bid": 8, "ask": 0})
         assert merged == {"ltp": 10, "bid": 8, "ask": 0}
+
+    def test_every_brokers_side_words(self):
+        for word in ("BUY", "buy", "B", "BOT", " b "):
+            assert side_of(word) is Side.BUY, word
+        for word in ("SELL", "sell", "S", "SLD", "sell-short", "SELL_SHORT"):
+            assert side_of(word) is Side.SELL, word
+        assert side_of(None) is None and side_of("") is None and side_of("hold") is None
 
     def test_order_status_finality(self):
         assert OrderStatus.FILLED.is_final and not OrderStatus.PARTIALLY_FILLED.is_final

@@ -88,7 +88,6 @@ from ..events import (
     PnL,
     Position,
     ReplayComplete,
-    Side,
     Trade,
 )
 from ..feed import Feed
@@ -106,7 +105,7 @@ from ..protocol import (
 )
 from ..redact import Redactor
 from ..rest import RestClient
-from ..state import ChangeTracker
+from ..state import ChangeTracker, side_of
 from ..transport import ConnectTarget
 from ..values import from_epoch_ms, loads, to_decimal, to_text
 
@@ -142,7 +141,6 @@ STATUS_MAP: Dict[str, OrderStatus] = {
     "expired": OrderStatus.EXPIRED,
     "done-for-day": OrderStatus.EXPIRED,
 }
-_SIDES = {"buy": Side.BUY, "sell": Side.SELL, "sell-short": Side.SELL}
 _AUTH_WORDS = ("auth", "token", "expired", "forbidden", "credential", "401", "403", "jwt", "permission")
 
 #: A persisted mark: ``{"sequence": 42, "trading_day": "2026-03-22"}`` (day may be None).
@@ -177,9 +175,6 @@ def map_status(status: Optional[str], state: Optional[str], filled: Any = None, 
     return OrderStatus.UNKNOWN
 
 
-def _side(value: Any) -> Optional[Side]:
-    return _SIDES.get(str(value).lower()) if value is not None else None
-
 
 def order_from(data: Mapping[str, Any], raw: Any = None, replayed: bool = False) -> Order:
     """An :class:`Order` from a Clear Street Order object (``order-update`` data or REST)."""
@@ -192,7 +187,7 @@ def order_from(data: Mapping[str, Any], raw: Any = None, replayed: bool = False)
         account=to_text(data.get("account_id")),
         order_id=str(data["order_id"]),
         symbol=to_text(data.get("symbol")),
-        side=_side(data.get("side")),
+        side=side_of(data.get("side")),
         quantity=quantity,
         filled_quantity=filled,
         remaining_quantity=remaining,
@@ -215,7 +210,7 @@ def trade_from(data: Mapping[str, Any], raw: Any = None, replayed: bool = False)
         trade_id=to_text(data.get("trade_id")),
         order_id=to_text(data.get("order_id")),
         symbol=to_text(data.get("symbol")),
-        side=_side(data.get("side")),
+        side=side_of(data.get("side")),
         quantity=to_decimal(data.get("quantity")),
         price=to_decimal(data.get("price")),
         time=from_epoch_ms(data.get("created_at")),

@@ -69,7 +69,7 @@ from ..errors import (
     RateLimited,
     SessionLimitError,
 )
-from ..events import Notice, Order, OrderStatus, PnL, Position, Quote, Side, Trade
+from ..events import Notice, Order, OrderStatus, PnL, Position, Quote, Trade
 from ..feed import Feed
 from ..protocol import (
     Fatal,
@@ -91,6 +91,7 @@ from ..state import (
     OrderTracker,
     Snapshots,
     map_order_status,
+    side_of,
     status_table,
 )
 from ..transport import ConnectTarget
@@ -133,7 +134,6 @@ STATUS_MAP: Dict[str, OrderStatus] = status_table({
     "EXPIRED": OrderStatus.EXPIRED,
 })
 
-_SIDES = {"B": Side.BUY, "BUY": Side.BUY, "S": Side.SELL, "SELL": Side.SELL}
 _SESSION_LIMIT = "maximum sessions limit"
 _PAISA = Decimal("0.01")
 # The placeholder Firstock sends for "no value" (2**63), and its signed neighbours.
@@ -274,9 +274,6 @@ def _best(levels: Any) -> Tuple[Optional[Decimal], Optional[Decimal]]:
             return price, quantity
     return None, None
 
-
-def _side(value: Any) -> Optional[Side]:
-    return _SIDES.get(str(value).strip().upper()) if value is not None else None
 
 
 def _text_of(message: Any) -> str:
@@ -541,7 +538,7 @@ def _stream_order_fields(raw: Dict[str, Any]) -> Dict[str, Any]:
         "account": to_text(first(raw.get("actid"), raw.get("uid"))),
         "symbol": to_text(raw.get("tsym")),
         "exchange": to_text(raw.get("exch")),
-        "side": _side(raw.get("trantype")),
+        "side": side_of(raw.get("trantype")),
         "quantity": to_decimal(raw.get("qty")),
         "price": to_decimal(raw.get("prc")),
         "order_type": to_text(raw.get("prctyp")),
@@ -559,7 +556,7 @@ def _rest_order_fields(row: Dict[str, Any]) -> Dict[str, Any]:
         "account": to_text(row.get("userId")),
         "symbol": to_text(first(row.get("tradingSymbol"), row.get("tsym"))),
         "exchange": to_text(first(row.get("exchange"), row.get("exch"))),
-        "side": _side(first(row.get("transactionType"), row.get("trantype"))),
+        "side": side_of(first(row.get("transactionType"), row.get("trantype"))),
         "quantity": to_decimal(first(row.get("quantity"), row.get("qty"))),
         "price": to_decimal(first(row.get("price"), row.get("prc"))),
         "order_type": to_text(first(row.get("priceType"), row.get("prctyp"))),

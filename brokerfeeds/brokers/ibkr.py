@@ -50,7 +50,6 @@ from ..events import (
     PnL,
     Position,
     Quote,
-    Side,
     Trade,
 )
 from ..feed import Feed
@@ -66,7 +65,7 @@ from ..protocol import (
     excerpt,
     first,
 )
-from ..state import ChangeTracker, OrderTracker, Snapshots, map_order_status, status_table
+from ..state import ChangeTracker, OrderTracker, Snapshots, map_order_status, side_of, status_table
 from ..transport import ConnectTarget
 from ..values import from_epoch_ms, loads, to_decimal, to_text
 
@@ -89,7 +88,6 @@ STATUS_MAP: Dict[str, OrderStatus] = status_table({
 #: last, bid, ask, bid size, ask size, volume (raw), volume (formatted), market data availability.
 DEFAULT_QUOTE_FIELDS: Tuple[str, ...] = ("31", "84", "86", "88", "85", "7762", "87", "6509")
 
-_SIDES = {"BUY": Side.BUY, "B": Side.BUY, "BOT": Side.BUY, "SELL": Side.SELL, "S": Side.SELL, "SLD": Side.SELL}
 
 # Subscription kinds → (subscribe, unsubscribe) topic letters.
 _ORDERS, _TRADES, _PNL, _QUOTES, _SUMMARY = "orders", "trades", "pnl", "quotes", "account_summary"
@@ -99,9 +97,6 @@ def map_status(word: Optional[str], filled: Optional[Decimal], quantity: Optiona
     """IBKR's status word (and fill progress) as an :class:`OrderStatus`."""
     return map_order_status(STATUS_MAP, word, filled, quantity)
 
-
-def _side(value: Any) -> Optional[Side]:
-    return _SIDES.get(str(value).upper()) if value is not None else None
 
 
 def order_from(raw: Dict[str, Any]) -> Order:
@@ -117,7 +112,7 @@ def order_from(raw: Dict[str, Any]) -> Order:
         account=to_text(first(raw.get("acct"), raw.get("account"))),
         order_id=str(raw["orderId"]),
         symbol=to_text(first(raw.get("ticker"), raw.get("symbol"))),
-        side=_side(raw.get("side")),
+        side=side_of(raw.get("side")),
         quantity=quantity,
         filled_quantity=filled,
         remaining_quantity=remaining,
@@ -333,7 +328,7 @@ class IbkrProtocol(Protocol):
                 trade_id=trade_id,
                 order_id=to_text(first(raw.get("order_id"), raw.get("orderId"), raw.get("order_ref"))),
                 symbol=to_text(raw.get("symbol")),
-                side=_side(raw.get("side")),
+                side=side_of(raw.get("side")),
                 quantity=to_decimal(raw.get("size")),
                 price=to_decimal(raw.get("price")),
                 time=from_epoch_ms(raw.get("trade_time_r")),

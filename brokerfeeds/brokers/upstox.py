@@ -60,10 +60,10 @@ from urllib.parse import parse_qs, urlsplit
 
 from ..auth import TokenProvider, TokenSource
 from ..errors import AuthenticationError, BrokerFeedsError, ConnectionFailed, ProtocolError
-from ..events import GttOrder, Holding, Order, OrderStatus, PnL, Position, Side, Trade
+from ..events import GttOrder, Holding, Order, OrderStatus, PnL, Position, Trade
 from ..feed import Feed
 from ..protocol import Output, Protocol, RawMessage, Reconnect, Subscription, excerpt, first
-from ..state import ChangeTracker, FillTracker, OrderTracker, map_order_status, status_table
+from ..state import ChangeTracker, FillTracker, OrderTracker, map_order_status, side_of, status_table
 from ..transport import ConnectTarget
 from ..values import loads, to_decimal, to_text
 
@@ -126,7 +126,6 @@ _SEGMENT_EXCHANGE: Dict[str, str] = {
     "BSE_EQ": "BSE", "BSE_INDEX": "BSE", "BSE_FO": "BFO", "BCD_FO": "BCD", "MCX_FO": "MCX",
     "MCX_INDEX": "MCX",
 }
-_SIDES = {"BUY": Side.BUY, "B": Side.BUY, "SELL": Side.SELL, "S": Side.SELL}
 
 
 # ================================================================ value helpers
@@ -182,9 +181,6 @@ def _exchange(value: Any) -> Optional[str]:
     return _SEGMENT_EXCHANGE.get(text.upper(), text.split("_")[0].upper() if "_" in text else text)
 
 
-def _side(value: Any) -> Optional[Side]:
-    return _SIDES.get(str(value).upper()) if value is not None else None
-
 
 def _nonzero(value: Any) -> Optional[Decimal]:
     number = to_decimal(value)
@@ -213,7 +209,7 @@ def order_from(raw: Dict[str, Any], account: Optional[str] = None) -> Order:
         account=to_text(first(raw.get("user_id"), raw.get("userId"), raw.get("placed_by"), account)),
         order_id=str(raw["order_id"]),
         symbol=to_text(first(raw.get("trading_symbol"), raw.get("tradingsymbol"), _instrument(raw))),
-        side=_side(raw.get("transaction_type")),
+        side=side_of(raw.get("transaction_type")),
         quantity=quantity,
         filled_quantity=filled,
         remaining_quantity=to_decimal(raw.get("pending_quantity")),
@@ -485,7 +481,7 @@ class UpstoxProtocol(Protocol):
                 account=self.account,
                 gtt_order_id=gtt_id,
                 symbol=self._symbol(raw),
-                side=_side(entry.get("transaction_type")),
+                side=side_of(entry.get("transaction_type")),
                 quantity=to_decimal(raw.get("quantity")),
                 gtt_type=to_text(raw.get("type")),
                 status=to_text(entry.get("status")),
