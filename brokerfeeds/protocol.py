@@ -23,7 +23,8 @@ from typing import Any, Hashable, Iterable, List, Optional, Sequence, Tuple, Uni
 
 import attrs
 
-from .errors import BrokerFeedsError
+from .errors import BrokerFeedsError, ProtocolError
+from .values import loads
 
 __all__ = [
     "Subscription",
@@ -163,6 +164,15 @@ def excerpt(data: Any, limit: int = 200) -> str:
     else:
         text = str(data)[:limit]
     return text + ("..." if len(data) > limit else "")
+
+
+def parse_json(data: Union[bytes, str]) -> Any:
+    """A frame decoded as JSON (orjson with the ``fast`` extra); :class:`ProtocolError`
+    with an excerpt of the frame when it is not JSON."""
+    try:
+        return loads(data)
+    except ValueError:
+        raise ProtocolError("frame is not JSON", excerpt(data)) from None
 
 
 def first(*values: Any) -> Optional[Any]:

@@ -102,12 +102,13 @@ from ..protocol import (
     Subscription,
     excerpt,
     first,
+    parse_json,
 )
 from ..redact import Redactor
 from ..rest import RestClient
 from ..state import ChangeTracker, side_of
 from ..transport import ConnectTarget
-from ..values import from_epoch_ms, loads, to_decimal, to_text
+from ..values import from_epoch_ms, to_decimal, to_text
 
 __all__ = [
     "ClearStreetFeed",
@@ -367,10 +368,7 @@ class ClearStreetProtocol(Protocol):
 
     # ------------------------------------------------------------- incoming
     def on_frame(self, data: bytes, binary: bool, now: float) -> List[Output]:
-        try:
-            message = loads(data)
-        except ValueError:
-            raise ProtocolError("frame is not JSON", excerpt(data)) from None
+        message = parse_json(data)
         if not isinstance(message, dict):
             return [RawMessage(message)]
         payload = message.get("payload")

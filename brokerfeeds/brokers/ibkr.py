@@ -64,6 +64,7 @@ from ..protocol import (
     Subscription,
     excerpt,
     first,
+    parse_json,
 )
 from ..state import ChangeTracker, OrderTracker, Snapshots, map_order_status, side_of, status_table
 from ..transport import ConnectTarget
@@ -257,11 +258,8 @@ class IbkrProtocol(Protocol):
         stripped = data.strip()
         if stripped.startswith(b"ech+") or stripped in (b"", b"hb"):
             return None  # the echo of our heartbeat: not JSON, not a problem
-        try:
-            # Invalid UTF-8 inside an otherwise good message (seen from the gateway).
-            return loads(data.decode("utf-8", "replace"))
-        except ValueError:
-            raise ProtocolError("frame is not JSON", excerpt(data)) from None
+        # Invalid UTF-8 inside an otherwise good message (seen from the gateway).
+        return parse_json(data.decode("utf-8", "replace"))
 
     def _on_status(self, message: Dict[str, Any]) -> List[Output]:
         args = message.get("args")

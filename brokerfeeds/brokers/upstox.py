@@ -59,13 +59,13 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 from urllib.parse import parse_qs, urlsplit
 
 from ..auth import TokenProvider, TokenSource
-from ..errors import AuthenticationError, BrokerFeedsError, ConnectionFailed, ProtocolError
+from ..errors import AuthenticationError, BrokerFeedsError, ConnectionFailed
 from ..events import GttOrder, Holding, Order, OrderStatus, PnL, Position, Trade
 from ..feed import Feed
-from ..protocol import Output, Protocol, RawMessage, Reconnect, Subscription, excerpt, first
+from ..protocol import Output, Protocol, RawMessage, Reconnect, Subscription, first, parse_json
 from ..state import ChangeTracker, FillTracker, OrderTracker, map_order_status, side_of, status_table
 from ..transport import ConnectTarget
-from ..values import loads, to_decimal, to_text
+from ..values import to_decimal, to_text
 
 __all__ = [
     "UpstoxFeed",
@@ -268,10 +268,7 @@ class UpstoxProtocol(Protocol):
 
     # ------------------------------------------------------------- incoming
     def on_frame(self, data: bytes, binary: bool, now: float) -> List[Output]:
-        try:
-            message = loads(data)
-        except ValueError:
-            raise ProtocolError("frame is not JSON", excerpt(data)) from None
+        message = parse_json(data)
         out: List[Output] = [RawMessage(message)]
         if not isinstance(message, dict):
             return out
