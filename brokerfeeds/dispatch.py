@@ -149,6 +149,19 @@ class Dispatcher:
     #: whole batch (a wake-up per event costs two thread switches under a burst).
     defer = False
 
+    #: A batch ends at this many waiting events even while more frames are buffered.
+    max_batch = 256
+
+    def batch(self, more_coming: bool) -> None:
+        """Called by the reader before it hands over a frame's events: defer the wake-up
+        while ``more_coming`` (more frames already buffered), else end the batch."""
+        if more_coming and len(self._queue) < self.max_batch:
+            self.defer = True
+        elif self.defer:
+            # Ended here, not when the next event is put: this frame's events may all
+            # go unlistened (never queued), and the batch must not wait for the next frame.
+            self.flush()
+
     def flush(self) -> None:
         """End :attr:`defer` and wake the consumer if events wait."""
         self.defer = False

@@ -776,12 +776,7 @@ class Feed:
                     self._bad_frame(data, exc)
                     continue
                 if outputs:
-                    if conn.buffered and dispatcher.pending < 256:
-                        dispatcher.defer = True
-                    elif dispatcher.defer:
-                        # Not by assignment: the batch may hold events queued without a
-                        # wake-up, and this frame's events may all go unlistened.
-                        dispatcher.flush()
+                    dispatcher.batch(more_coming=conn.buffered)
                     handle(outputs)
         except Closed as closed:
             reason = closed.reason
