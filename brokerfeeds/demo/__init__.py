@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib
 import time
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Tuple
 
 from ..events import (
     Balance,
@@ -28,6 +28,9 @@ from ..events import (
     ReplayComplete,
     Trade,
 )
+
+if TYPE_CHECKING:
+    from ..feed import Feed
 
 __all__ = ["BROKERS", "run", "describe", "attach", "wait_until"]
 
@@ -93,9 +96,10 @@ def describe(item: Any) -> str:
     return f"MESSAGE  {item!r}"
 
 
-def attach(feed: Any, out: Out, kinds: tuple = ("order", "trade", "position", "pnl", "holding", "balance",
-                                                 "quote", "notice", "connect", "disconnect", "error",
-                                                 "gtt_order", "locate", "replay_complete")) -> None:
+def attach(feed: Feed, out: Out,
+           kinds: Tuple[str, ...] = ("order", "trade", "position", "pnl", "holding", "balance",
+                                     "quote", "notice", "connect", "disconnect", "error",
+                                     "gtt_order", "locate", "replay_complete")) -> None:
     """Print every event of ``kinds`` from ``feed`` through ``out``."""
     for kind in kinds:
         feed.on(kind, lambda item: out(describe(item)))

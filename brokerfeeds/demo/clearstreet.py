@@ -30,7 +30,10 @@ def run(out: Callable[[str], None], duration: float = 10.0) -> int:
             if not feed.wait_connected(10) or not wait_until(lambda: feed.stats.extra.get("replayed", 0) >= 1, 10):
                 out("demo: could not connect")
                 return 1
-            step = lambda: time.sleep(pace)  # noqa: E731
+
+            def step() -> None:
+                time.sleep(pace)
+
             step()
             sim.fill(first, 40, 190.10)
             sim.set_pnl("100000", day_pnl=4.0, unrealized_pnl=4.0)

@@ -29,7 +29,10 @@ def run(out: Callable[[str], None], duration: float = 10.0) -> int:
             if not feed.wait_connected(10):
                 out("demo: could not connect")
                 return 1
-            step = lambda: time.sleep(pace)  # noqa: E731
+
+            def step() -> None:
+                time.sleep(pace)
+
             step()
             sim.ticks({"NSE:26000": {"i_last_traded_price": 2532110, "i_volume_traded_today": 0},
                        "NSE:2885": {"i_last_traded_price": 139560, "best_buy": [{}, {"quantity": 7}]}})

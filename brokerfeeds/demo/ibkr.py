@@ -27,7 +27,10 @@ def run(out: Callable[[str], None], duration: float = 10.0) -> int:
             if not feed.wait_connected(10):
                 out("demo: could not connect")
                 return 1
-            step = lambda: time.sleep(pace)  # noqa: E731
+
+            def step() -> None:
+                time.sleep(pace)
+
             sim.tick(265598, last="190.10", bid="190.05", ask="190.15", volume="1200")
             step()
             buy = sim.place_order("AAPL", "BUY", 100, 190.10)

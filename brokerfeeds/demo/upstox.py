@@ -30,7 +30,10 @@ def run(out: Callable[[str], None], duration: float = 10.0) -> int:
             if not feed.wait_connected(10):
                 out("demo: could not connect")
                 return 1
-            step = lambda: time.sleep(pace)  # noqa: E731
+
+            def step() -> None:
+                time.sleep(pace)
+
             buy = sim.place_order("NHPC-EQ", "BUY", 10, 92.50, instrument_key=nhpc, product="I")
             step()
             sim.fill(buy, 4, 92.45)

@@ -21,7 +21,7 @@ import socketserver
 import threading
 import time
 import urllib.parse
-from typing import Any, Awaitable, Callable, Dict, List, Optional, Sequence, Set, Tuple, TypeVar, Union
+from typing import Any, Callable, Coroutine, Dict, List, Optional, Sequence, Set, Tuple, TypeVar, Union
 
 try:
     from websockets.asyncio.server import Server, ServerConnection, serve
@@ -202,7 +202,7 @@ class SimulatorBase:
         self._routes[(method.upper(), path)] = handler
 
     # ----------------------------------------------------------------- scripting helpers
-    def call(self, coro: Awaitable[T], timeout: float = 10.0) -> T:
+    def call(self, coro: Coroutine[Any, Any, T], timeout: float = 10.0) -> T:
         """Run ``coro`` on the simulator's loop and wait for its result."""
         return self._call(coro, timeout)
 
@@ -279,9 +279,9 @@ class SimulatorBase:
         self._loop.call_soon(ready.set)
         self._loop.run_forever()
 
-    def _call(self, coro: Awaitable[T], timeout: float = 10.0) -> T:
+    def _call(self, coro: Coroutine[Any, Any, T], timeout: float = 10.0) -> T:
         assert self._loop is not None, "simulator not started"
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)  # type: ignore[arg-type]
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
 
     async def _start_ws(self) -> None:
         self._server = await serve(
@@ -312,7 +312,7 @@ class SimulatorBase:
                 with self.lock:
                     self.rejected += 1
             response = connection.respond(verdict[0], verdict[1])
-            for name, value in (verdict[2] if len(verdict) > 2 else {}).items():  # type: ignore[misc]
+            for name, value in (verdict[2] if len(verdict) > 2 else {}).items():
                 response.headers[name] = value
             return response
         connection.sim_info = verdict  # type: ignore[attr-defined]
@@ -390,7 +390,7 @@ class SimulatorBase:
                     except Exception as exc:  # noqa: BLE001
                         reply = (500, {"error": repr(exc)})
                     status, payload = reply[0], reply[1]
-                    headers = reply[2] if len(reply) > 2 else {}  # type: ignore[misc]
+                    headers = reply[2] if len(reply) > 2 else {}
                 raw = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")

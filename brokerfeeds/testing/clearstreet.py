@@ -359,7 +359,7 @@ class ClearStreetSimulator(SimulatorBase):
         await self.read_messages(client, self._on_client_message, tasks, as_text=False)
 
     async def _writer(self, client: Client) -> None:
-        queue: asyncio.Queue = client.info["queue"]
+        queue: asyncio.Queue[Union[str, Tuple[str, int, str]]] = client.info["queue"]
         while True:
             item = await queue.get()
             if isinstance(item, tuple):
