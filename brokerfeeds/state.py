@@ -1,19 +1,46 @@
 """Protocol state every broker needs: change detection, partial merges, fills from orders.
 
-These are plain data structures used inside adapters (under the feed's lock). They are
-what makes "emit only what changed" and "no duplicate callbacks after a reconnect" the
-same mechanism for every broker.
+These are plain data structures used inside adapters (driven by one owner, under one
+lock). They are what makes "emit only what changed", "never move an order backwards",
+"a position missing from a snapshot is closed" and "no duplicate fills after a
+reconnect" the same mechanism for every broker.
 """
 
 from __future__ import annotations
 
-from decimal import Decimal
 import re
-from typing import Any, Callable, Dict, Generic, Hashable, Mapping, Optional, Tuple, TypeVar
+from collections import OrderedDict
+from decimal import Decimal
+from typing import (
+    Any,
+    Callable,
+    Dict,
+    Generic,
+    Hashable,
+    Iterable,
+    List,
+    Mapping,
+    Optional,
+    Set,
+    Tuple,
+    TypeVar,
+)
 
-from .events import Order, OrderStatus, Side
+import attrs
 
-__all__ = ["ChangeTracker", "OrderTracker", "FillTracker", "Snapshots", "status_table", "map_order_status", "side_of"]
+from .events import Holding, Order, OrderStatus, Position, Side
+
+__all__ = [
+    "ChangeTracker",
+    "OrderTracker",
+    "FillTracker",
+    "Snapshots",
+    "SnapshotBook",
+    "SeenIds",
+    "status_table",
+    "map_order_status",
+    "side_of",
+]
 
 _NOT_ALNUM = re.compile(r"[^0-9a-z]+")
 
@@ -68,19 +95,31 @@ class ChangeTracker(Generic[E]):
     """Remembers the last value per key; :meth:`update` returns the value only if it changed.
 
     Equality is the events' own (``raw`` is excluded from it), so a REST snapshot that
-    repeats what the stream already said produces nothing.
+    repeats what the stream already said produces nothing. A value that :meth:`accept`
+    refuses changes nothing and is counted in :attr:`refused`.
     """
 
     def __init__(self) -> None:
         self._last: Dict[Hashable, E] = {}
+        #: Updates refused by :meth:`accept` (stale ones), for ``stats.extra``.
+        self.refused = 0
 
     def update(self, key: Hashable, value: E) -> Optional[E]:
         """Store ``value``; return it if it differs from the previous one, else None."""
         previous = self._last.get(key)
-        if previous is not None and (previous == value or not self.accept(previous, value)):
-            return None
+        if previous is not None:
+            if previous == value:
+                return None
+            if not self.accept(previous, value):
+                self.refused += 1
+                return None
         self._last[key] = value
         return value
+
+    def accepts(self, key: Hashable, value: E) -> bool:
+        """Whether :meth:`update` would store ``value`` (equal values count as accepted)."""
+        previous = self._last.get(key)
+        return previous is None or previous == value or self.accept(previous, value)
 
     def accept(self, previous: E, value: E) -> bool:
         """Whether ``value`` may replace ``previous`` (override to refuse regressions)."""
@@ -102,12 +141,19 @@ class ChangeTracker(Generic[E]):
         return len(self._last)
 
 
-class OrderTracker(ChangeTracker[Order]):
-    """A :class:`ChangeTracker` for orders that refuses stale snapshots.
+#: Working statuses an order reaches after the broker accepted it: never followed by PENDING.
+_WORKING = frozenset({OrderStatus.OPEN, OrderStatus.PARTIALLY_FILLED})
 
-    A REST snapshot taken before the stream's latest update must not move an order
-    backwards: a final order never returns to a working state, and the filled quantity
-    never shrinks.
+
+class OrderTracker(ChangeTracker[Order]):
+    """A :class:`ChangeTracker` for orders that never moves an order backwards.
+
+    A REST snapshot older than the stream's latest update, or a socket update still in
+    flight when a newer snapshot was applied, must not regress an order. Refused, for
+    one order: a filled quantity that shrinks; a non-final status after a final one
+    (FILLED, CANCELLED, REJECTED, EXPIRED); PENDING after OPEN or PARTIALLY_FILLED.
+    A refused update changes nothing (the caller must not merge its fields either) and
+    is counted in :attr:`refused`.
     """
 
     def accept(self, previous: Order, value: Order) -> bool:
@@ -119,11 +165,86 @@ class OrderTracker(ChangeTracker[Order]):
             and value.filled_quantity < previous.filled_quantity
         ):
             return False
+        if previous.status in _WORKING and value.status is OrderStatus.PENDING:
+            return False
         return True
 
     def update_order(self, order: Order) -> Optional[Order]:
         """Store ``order`` under its id; return it if it changed."""
         return self.update(order.order_id, order)
+
+
+Item = TypeVar("Item", Position, Holding)
+
+
+class SnapshotBook(ChangeTracker[Item]):
+    """Positions or holdings known from updates and full snapshots.
+
+    :meth:`apply_snapshot` takes a *complete* snapshot (every row the broker has within
+    a scope, e.g. one account): what changed is returned, and an item missing from the
+    snapshot was closed: it is reported once with quantity 0 (``raw=None``) and
+    forgotten. Written once here for every broker.
+    """
+
+    def apply_snapshot(
+        self,
+        items: Iterable[Tuple[Hashable, Item]],
+        in_scope: Callable[[Hashable], bool] = lambda key: True,
+    ) -> List[Item]:
+        """Store every ``(key, item)``; return the changed ones plus closed ones."""
+        out: List[Item] = []
+        seen: Set[Hashable] = set()
+        for key, item in items:
+            seen.add(key)
+            if self.update(key, item) is not None:
+                out.append(item)
+        for key in self.keys():
+            if key in seen or not in_scope(key):
+                continue
+            gone = self.get(key)
+            self.forget(key)
+            if gone is not None and gone.quantity:
+                out.append(closed(gone))
+        return out
+
+
+def closed(item: Item) -> Item:
+    """``item`` as reported once it left the broker's snapshot: quantity 0, no raw message
+    (a closed position has no average price and no unrealized P&L; realized P&L is kept)."""
+    if isinstance(item, Position):
+        unrealized = None if item.unrealized_pnl is None else Decimal(0)
+        position: Position = attrs.evolve(item, quantity=Decimal(0), avg_price=None,
+                                          unrealized_pnl=unrealized, raw=None)
+        return position  # type: ignore[return-value]  # Item is Position here
+    holding: Holding = attrs.evolve(item, quantity=Decimal(0), raw=None)
+    return holding  # type: ignore[return-value]  # Item is Holding here
+
+
+class SeenIds:
+    """Ids already delivered (fills, executions), to drop repeats after a reconnect.
+
+    Bounded: past ``limit`` ids the oldest are forgotten (a broker re-sends at most a
+    few days of history, far fewer than the default limit).
+    """
+
+    def __init__(self, limit: int = 200_000) -> None:
+        self._ids: "OrderedDict[str, None]" = OrderedDict()
+        self._limit = limit
+
+    def first_time(self, ident: str) -> bool:
+        """Record ``ident``; True if it was not seen before."""
+        if ident in self._ids:
+            return False
+        self._ids[ident] = None
+        if len(self._ids) > self._limit:
+            self._ids.popitem(last=False)
+        return True
+
+    def __contains__(self, ident: object) -> bool:
+        return ident in self._ids
+
+    def __len__(self) -> int:
+        return len(self._ids)
 
 
 class FillTracker:
@@ -189,6 +310,24 @@ class Snapshots:
                 if name not in current or keep(name, current[name], value):
                     current[name] = value
         return current
+
+    def preview(self, key: Hashable, update: Dict[str, Any]) -> Dict[str, Any]:
+        """What :meth:`merge` would make of ``key``'s snapshot, without storing it
+        (store it with :meth:`replace` once it is accepted)."""
+        current = self._data.get(key)
+        merged = dict(current) if current is not None else {}
+        keep = self._keep
+        if keep is None:
+            merged.update(update)
+        else:
+            for name, value in update.items():
+                if name not in merged or keep(name, merged[name], value):
+                    merged[name] = value
+        return merged
+
+    def replace(self, key: Hashable, snapshot: Dict[str, Any]) -> None:
+        """Store ``snapshot`` as ``key``'s snapshot."""
+        self._data[key] = snapshot
 
     def get(self, key: Hashable) -> Optional[Dict[str, Any]]:
         """The snapshot for ``key``, if any."""
