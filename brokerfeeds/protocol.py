@@ -2,36 +2,50 @@
 
 An adapter turns user intents (subscriptions) into frames and frames into events. It
 never touches a socket, a thread or the clock: the engine passes ``now`` (monotonic
-seconds) in and acts on what the adapter returns. Each method returns a list of
-*outputs*, each one of:
+seconds) in and acts on what the adapter returns.
 
-* an event (:mod:`brokerfeeds.events`) — delivered to the callbacks registered for it;
+Inputs are methods, nothing else. The engine calls the hooks of :class:`Protocol`
+(``on_open``, ``on_frame``, ``on_close``, ``subscribe``, ``unsubscribe``, ``heartbeat``,
+``maintain``); a broker's adapter adds its own input methods for REST results and
+credentials (e.g. ``merge_orders(rows)``, ``use_token(token)``). Nothing outside an
+adapter writes its attributes.
+
+Outputs are a closed set (:data:`Output`): every input method returns a list of
+
+* an event (:class:`~brokerfeeds.events.Event`) — delivered to the callbacks registered for it;
 * :class:`Send` — a frame to write to the socket;
 * :class:`Ready` / :class:`NotReady` — the session became usable (subscriptions may be
   sent) or stopped being usable;
 * :class:`Reconnect` — close this connection and open a new one;
+* :class:`Refresh` — ask the feed to fetch something from REST (coalesced, off the I/O thread);
 * :class:`Fatal` — stop the feed with this error (e.g. authentication rejected);
 * :class:`Report` — pass an error to ``on_error`` without changing anything else;
-* :class:`RawMessage` — a decoded message nothing else understood, for ``on_message``.
+* :class:`RawMessage` — a decoded message, for ``on_message``.
 
-Adapters are driven under the feed's lock, so their state needs no locking of its own.
+Adapters are driven by one owner (:class:`~brokerfeeds.owner.AdapterOwner`) under one
+lock, so their state needs no locking of its own. Only :class:`~brokerfeeds.errors.ProtocolError`
+may leave an input method on bad input; the owner turns anything else into one.
 """
 
 from __future__ import annotations
 
-from typing import Any, Hashable, Iterable, List, Optional, Sequence, Tuple, Union
+import abc
+from typing import Any, Dict, Hashable, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import attrs
 
 from .errors import BrokerFeedsError, ProtocolError
+from .events import Event
 from .values import loads
 
 __all__ = [
     "Subscription",
+    "Control",
     "Send",
     "Ready",
     "NotReady",
     "Reconnect",
+    "Refresh",
     "Fatal",
     "Report",
     "RawMessage",
@@ -65,59 +79,82 @@ class Subscription:
         return f"{self.kind}:{self.key}" if self.key else self.kind
 
 
+class Control:
+    """Base class of the adapter outputs that are not events."""
+
+    __slots__ = ()
+
+
 @attrs.frozen(slots=True)
-class Send:
+class Send(Control):
     """Write ``frame`` (text if ``str``, binary if ``bytes``) to the socket."""
 
     frame: Frame
 
 
 @attrs.frozen(slots=True)
-class Ready:
+class Ready(Control):
     """The connection is authenticated: the engine now sends every subscription."""
 
 
 @attrs.frozen(slots=True)
-class NotReady:
+class NotReady(Control):
     """The connection lost its authentication; subscriptions wait until :class:`Ready`."""
 
     reason: str
 
 
 @attrs.frozen(slots=True)
-class Reconnect:
-    """Drop this connection and open a new one (``immediate`` skips the backoff delay)."""
+class Reconnect(Control):
+    """Drop this connection and open a new one.
+
+    ``immediate`` skips the backoff delay; ``fresh_credentials`` says the server refused
+    the credentials in use, so cached ones must not be reused for the next connection.
+    """
 
     reason: str
     immediate: bool = False
+    fresh_credentials: bool = False
 
 
 @attrs.frozen(slots=True)
-class Fatal:
+class Refresh(Control):
+    """Ask the feed to refresh ``what`` (e.g. ``"orders"``) from REST, off the I/O thread.
+
+    Requests are coalesced: several before the refresh runs cost one REST call.
+    """
+
+    what: str
+
+
+@attrs.frozen(slots=True)
+class Fatal(Control):
     """Stop the feed, reporting ``error`` to ``on_error`` and to ``run_forever()``."""
 
     error: BrokerFeedsError
 
 
 @attrs.frozen(slots=True)
-class Report:
+class Report(Control):
     """Report ``error`` to ``on_error`` (and the log); the feed carries on."""
 
     error: BrokerFeedsError
 
 
 @attrs.frozen(slots=True)
-class RawMessage:
+class RawMessage(Control):
     """A decoded message for ``on_message`` callbacks (every message, understood or not)."""
 
     message: Any
 
 
-Output = Any  # an event or one of the control classes above
+#: Everything an adapter input method may return (a closed set).
+Output = Union[Event, Send, Ready, NotReady, Reconnect, Refresh, Fatal, Report, RawMessage]
 
 
-class Protocol:
-    """Base class of the broker adapters: every hook defaults to "nothing to do"."""
+class Protocol(abc.ABC):
+    """Base class of the broker adapters: every hook but :meth:`on_frame` defaults to
+    "nothing to do"."""
 
     #: The broker's name as it appears on events.
     broker: str = "generic"
@@ -128,9 +165,9 @@ class Protocol:
         """A new connection opened (first or after a reconnect)."""
         return [Ready()] if self.ready_on_open else []
 
+    @abc.abstractmethod
     def on_frame(self, data: bytes, binary: bool, now: float) -> List[Output]:
         """Decode one received frame (``data`` is always bytes; ``binary`` tells the opcode)."""
-        raise NotImplementedError
 
     def on_close(self) -> None:
         """The connection closed; forget per-connection state."""
@@ -150,6 +187,10 @@ class Protocol:
     def maintain(self, now: float) -> List[Output]:
         """Called about once a second on an open connection (expiry re-sends, timeouts)."""
         return []
+
+    def counters(self) -> Mapping[str, int]:
+        """Adapter counters for ``feed.stats.extra`` (e.g. refused stale order updates)."""
+        return {}
 
 
 def sends(frames: Iterable[Frame]) -> List[Output]:
