@@ -1,13 +1,19 @@
-"""Bearer-token credentials shared by the brokers that use them (Upstox, Clear Street)."""
+"""Bearer-token credentials shared by the brokers that use them (Upstox, Clear Street):
+a fixed token or a provider (:class:`TokenSource`), and an OAuth2 client-credentials
+provider any broker can use (:class:`ClientCredentials`)."""
 
 from __future__ import annotations
 
 import threading
-from typing import Callable, Optional
+import time
+from typing import Any, Callable, Optional, Tuple, Union
 
+from .errors import ProtocolError
 from .redact import Redactor
+from .rest import RestClient
+from .values import to_decimal, to_text
 
-__all__ = ["TokenSource"]
+__all__ = ["TokenSource", "ClientCredentials", "TokenProvider"]
 
 TokenProvider = Callable[[], str]
 
@@ -69,3 +75,97 @@ class TokenSource:
             raise TypeError("token_provider must return a non-empty str")
         self._redactor.add(token)
         return token
+
+
+class ClientCredentials:
+    """An OAuth2 client-credentials token provider that caches the token.
+
+    Calling it returns the cached access token, fetching a new one (``POST auth_url``)
+    when none is cached or the cached one is within ``refresh_margin`` seconds of its
+    ``expires_in`` (the margin is capped at half the lifetime). :meth:`invalidate`
+    forgets the cached token (the feed calls it when the server refuses the token).
+
+    Errors: 401/403 → :class:`AuthenticationError`, 429 → :class:`RateLimited`, network
+    and other HTTP failures → :class:`ConnectionFailed`. Messages never include the
+    secret or a token.
+    """
+
+    def __init__(
+        self,
+        client_id: str,
+        client_secret: str,
+        auth_url: str,
+        audience: Optional[str] = None,
+        *,
+        refresh_margin: float = 300.0,
+        timeout: float = 10.0,
+        verify: Union[bool, str] = True,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not client_id or not client_secret:
+            raise ValueError("client_id and client_secret are required")
+        self.client_id = client_id
+        self._secret = client_secret
+        self.auth_url = auth_url
+        self.audience = audience
+        self.refresh_margin = refresh_margin
+        self.timeout = timeout
+        self.verify = verify
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._token: Optional[str] = None
+        self._renew_at = 0.0
+        self.fetches = 0  #: how many tokens were fetched (for tests and diagnostics)
+        redactor = Redactor()
+        redactor.add(client_secret)
+        self._rest = RestClient(auth_url, verify=verify, timeout=timeout, redactor=redactor,
+                                error_text=_oauth_error_text)
+
+    def __repr__(self) -> str:
+        return f"ClientCredentials(client_id={self.client_id!r}, client_secret=***)"
+
+    @property
+    def secrets(self) -> Tuple[str, ...]:
+        """Values a feed must mask in its logs (the client secret and the cached token)."""
+        return tuple(s for s in (self._secret, self._token) if s)
+
+    def __call__(self) -> str:
+        with self._lock:
+            if self._token is None or self._clock() >= self._renew_at:
+                self._fetch()
+            assert self._token is not None
+            return self._token
+
+    def invalidate(self) -> None:
+        """Forget the cached token: the next call fetches a new one."""
+        with self._lock:
+            self._token = None
+
+    def _fetch(self) -> None:
+        body = {"grant_type": "client_credentials", "client_id": self.client_id,
+                "client_secret": self._secret}
+        if self.audience is not None:
+            body["audience"] = self.audience
+        reply = self._rest.post("", url=self.auth_url, json=body)
+        token = reply.get("access_token") if isinstance(reply, dict) else None
+        if not isinstance(token, str) or not token:
+            raise ProtocolError("token response has no access_token")
+        lifetime = to_decimal(reply.get("expires_in"))
+        seconds = float(lifetime) if lifetime is not None else 86400.0
+        self._token = token
+        self._renew_at = self._clock() + max(0.0, seconds - min(self.refresh_margin, seconds / 2))
+        self.fetches += 1
+
+
+def _oauth_error_text(body: Any) -> Optional[str]:
+    """An OAuth2 error reply's explanation (``error_description``, else ``error``)."""
+    if isinstance(body, dict):
+        return to_text(first(body.get("error_description"), body.get("error")))
+    return None
+
+
+def _oauth_error_text(body: Any) -> Optional[str]:
+    """An OAuth2 error reply's explanation (``error_description``, else ``error``)."""
+    if isinstance(body, dict):
+        return to_text(body.get("error_description") or body.get("error"))
+    return None

@@ -113,7 +113,7 @@ class Dispatcher:
     # ------------------------------------------------------------------ producers
     def put(self, kind: str, item: Any) -> None:
         """Hand over one event (``kind`` selects the callbacks)."""
-        if not self._callbacks.get(kind) and not (self._sinks and kind in _SINK_KINDS):
+        if not self._callbacks.get(kind) and not (self._sinks and kind not in _NOT_SINK_KINDS):
             return  # nobody listens: skip the queue (raw messages, usually)
         if self.mode == "inline":
             self._deliver(kind, item)
@@ -276,7 +276,7 @@ class Dispatcher:
                 fn(item)
             except Exception as exc:  # noqa: BLE001 - user code must never kill the feed
                 self._callback_failed(kind, fn, item, exc)
-        if self._sinks and kind in _SINK_KINDS:
+        if self._sinks and kind not in _NOT_SINK_KINDS:
             for sink in self._sinks:
                 sink.put(item)
 
@@ -295,8 +295,5 @@ class Dispatcher:
                 self._log.error("on_error callback raised %r", inner, exc_info=inner)
 
 
-#: Kinds that ``feed.events()`` yields: data, not lifecycle.
-_SINK_KINDS = frozenset(
-    {"order", "trade", "position", "pnl", "holding", "balance", "quote", "notice",
-     "gtt_order", "locate", "replay_complete"}
-)
+#: Kinds that ``feed.events()`` does not yield: lifecycle and raw messages, not data.
+_NOT_SINK_KINDS = frozenset({"connect", "disconnect", "error", "message"})

@@ -1,39 +1,45 @@
-"""The Feed engine: lifecycle, reconnects, heartbeats, subscriptions, dispatch.
+"""The public front of every broker feed: callbacks, subscriptions, lifecycle, stats.
 
-Written once for every broker. A broker's feed class subclasses :class:`Feed` and
-supplies a sans-I/O :class:`~brokerfeeds.protocol.Protocol` plus a few REST hooks
-(where to connect, what to reconcile after a reconnect, what to poll).
+Written once for every broker. A broker's feed class subclasses :class:`Feed` with its
+sans-I/O adapter class as the type parameter (``class IbkrFeed(Feed[IbkrProtocol])``) and
+supplies a few hooks: where to connect, what to reconcile after a connect, what to poll.
 
-Threads of a running feed (all named ``brokerfeeds-<name>-...``):
+Where things live (one obvious place each):
 
-``io``
-    Connects, reads frames, answers pings, sends heartbeats on time, decodes frames into
-    events, detects dead connections and reconnects with backoff. Never runs user code
-    unless ``dispatch="inline"``.
-``rest``
-    The broker's REST side: keep-alives, reconciliation after each (re)connect, polls.
-    Blocking HTTP calls never delay the socket.
-``dispatch``
-    Runs user callbacks in arrival order (``dispatch="thread"``, the default).
+* :mod:`brokerfeeds.feed` (here) — the front: callbacks, ``subscribe_*`` plumbing,
+  ``start``/``stop``, ``stats``, and the hand-over of adapter outputs to the dispatcher.
+* :mod:`brokerfeeds.supervisor` — the ``io`` thread: connect, serve, liveness, backoff.
+* :mod:`brokerfeeds.owner` — the one owner of adapter state, and why events leave in
+  the order the state changed.
+* :mod:`brokerfeeds.subscriptions` — the subscription book re-sent after every reconnect.
+* :mod:`brokerfeeds.scheduler` — the ``rest`` thread: keep-alives, polls, reconciliation.
+* :mod:`brokerfeeds.dispatch` — where and when user callbacks run.
+
+Threads of a running feed (all named ``brokerfeeds-<name>-...``): ``io`` (always),
+``rest`` (feeds with a REST side), ``dispatch`` (``dispatch="thread"``, the default).
 """
 
 from __future__ import annotations
 
+import abc
 import datetime as _dt
 import logging
 import queue
 import threading
 import time
+import urllib.parse
 from typing import (
     Any,
     Callable,
     ClassVar,
     Dict,
+    Generic,
     Iterator,
     List,
     Mapping,
     Optional,
     Sequence,
+    Set,
     Tuple,
     TypeVar,
     Union,
@@ -43,21 +49,17 @@ import attrs
 
 from . import events as ev
 from .dispatch import CallbackRegistry, Dispatcher
-from .errors import (
-    AuthenticationError,
-    BrokerFeedsError,
-    ConnectionFailed,
-    ProtocolError,
-    RateLimited,
-)
+from .errors import BrokerFeedsError, ProtocolError
+from .owner import AdapterOwner, P, protocol_error
 from .protocol import (
+    Control,
     Fatal,
     NotReady,
     Output,
-    Protocol,
     RawMessage,
     Ready,
     Reconnect,
+    Refresh,
     Report,
     Send,
     Subscription,
@@ -66,13 +68,29 @@ from .protocol import (
 from .reconnect import ReconnectPolicy
 from .redact import Redactor, RedactingLogger
 from .rest import RestClient
-from .transport import FRAME_BINARY, FRAME_TEXT, Closed, Connection, ConnectTarget
+from .scheduler import PeriodicJob, RestScheduler
+from .subscriptions import SubscriptionBook
+from .supervisor import Supervisor
+from .transport import ConnectTarget, check_ws_url
 
-__all__ = ["Feed", "FeedStats", "STATES"]
+__all__ = ["Feed", "FeedStats", "STATES", "PeriodicJob"]
 
 STATES = ("idle", "connecting", "connected", "reconnecting", "stopped")
-F = TypeVar("F", bound=Callable[..., Any])
 _monotonic = time.monotonic
+
+F = TypeVar("F", bound=Callable[..., Any])
+OrderHandler = TypeVar("OrderHandler", bound=Callable[[ev.Order], Any])
+TradeHandler = TypeVar("TradeHandler", bound=Callable[[ev.Trade], Any])
+PositionHandler = TypeVar("PositionHandler", bound=Callable[[ev.Position], Any])
+PnLHandler = TypeVar("PnLHandler", bound=Callable[[ev.PnL], Any])
+HoldingHandler = TypeVar("HoldingHandler", bound=Callable[[ev.Holding], Any])
+BalanceHandler = TypeVar("BalanceHandler", bound=Callable[[ev.Balance], Any])
+QuoteHandler = TypeVar("QuoteHandler", bound=Callable[[ev.Quote], Any])
+NoticeHandler = TypeVar("NoticeHandler", bound=Callable[[ev.Notice], Any])
+ConnectHandler = TypeVar("ConnectHandler", bound=Callable[[ev.Connected], Any])
+DisconnectHandler = TypeVar("DisconnectHandler", bound=Callable[[ev.Disconnected], Any])
+ErrorHandler = TypeVar("ErrorHandler", bound=Callable[[BrokerFeedsError], Any])
+MessageHandler = TypeVar("MessageHandler", bound=Callable[[Any], Any])
 
 
 @attrs.frozen(slots=True, kw_only=True)
@@ -93,25 +111,19 @@ class FeedStats:
     extra: Mapping[str, int] = attrs.field(factory=dict)
 
 
-@attrs.define(slots=True)
-class _Periodic:
-    interval: float
-    job: Callable[[], Sequence[Output]]
-    name: str
-    when_ready: bool
-    due: float = 0.0
-
-
-class Feed:
+class Feed(abc.ABC, Generic[P]):
     """Base class of every broker feed. See the package README for the full contract.
 
     Construction never does I/O. Timing knobs (seconds) exist so tests can run fast;
     the defaults are the brokers' documented cadences (subclasses set their own).
+    ``max_message_size`` bounds what one message from the server may cost in memory:
+    a larger one fails the connection (reported to ``on_error``) and the feed reconnects.
     """
 
     broker: ClassVar[str] = "generic"
-    #: Event class → callback kind. Subclasses extend it with their own event classes.
-    EVENT_KINDS: ClassVar[Dict[type, str]] = {
+    #: Event class → callback kind, for the events every broker shares. A broker feed
+    #: with its own event classes extends it (``{**Feed.EVENT_KINDS, GttOrder: "gtt_order"}``).
+    EVENT_KINDS: ClassVar[Mapping[type, str]] = {
         ev.Order: "order",
         ev.Trade: "trade",
         ev.Position: "position",
@@ -120,10 +132,9 @@ class Feed:
         ev.Balance: "balance",
         ev.Quote: "quote",
         ev.Notice: "notice",
-        ev.GttOrder: "gtt_order",
-        ev.LocateInventory: "locate",
-        ev.ReplayComplete: "replay_complete",
     }
+    #: Least seconds between two REST refreshes of the same thing (see :class:`Refresh`).
+    refresh_interval: float = 1.0
 
     def __init__(
         self,
@@ -141,6 +152,7 @@ class Feed:
         ping_interval: Optional[float] = None,
         rest_timeout: float = 10.0,
         max_pending_quotes: int = 10_000,
+        max_message_size: int = 16 * 1024 * 1024,
         name: Optional[str] = None,
     ) -> None:
         for knob, value in (
@@ -149,11 +161,15 @@ class Feed:
             ("connect_timeout", connect_timeout),
             ("auth_timeout", auth_timeout),
             ("rest_timeout", rest_timeout),
+            ("max_message_size", max_message_size),
         ):
             if value <= 0:
                 raise ValueError(f"{knob} must be > 0, got {value!r}")
         if ping_interval is not None and ping_interval <= 0:
             raise ValueError(f"ping_interval must be > 0 or None, got {ping_interval!r}")
+        check_ws_url(url)
+        if rest_url is not None:
+            _check_rest_url(rest_url)
         self.url = url
         self.rest_url = rest_url
         self.reconnect_policy = reconnect or ReconnectPolicy()
@@ -163,43 +179,33 @@ class Feed:
         self.connect_timeout = connect_timeout
         self.auth_timeout = auth_timeout
         self.ping_interval = ping_interval
+        self.max_message_size = max_message_size
         self.name = name or self.broker
         self._redactor = Redactor()
         self._log = RedactingLogger(
             logger or logging.getLogger("brokerfeeds"), self._redactor, prefix=f"[{self.name}] "
         )
         self._callbacks = CallbackRegistry()
-        self._dispatcher = Dispatcher(
-            dispatch, self._callbacks, self._log, self.name, max_pending_quotes
-        )
+        self._dispatcher = Dispatcher(dispatch, self._callbacks, self._log, self.name, max_pending_quotes)
         self._rest: Optional[RestClient] = (
-            RestClient(
-                rest_url,
-                verify=verify,
-                timeout=rest_timeout,
-                redactor=self._redactor,
-                error_text=self._rest_error_text,
-            )
+            RestClient(rest_url, verify=verify, timeout=rest_timeout, redactor=self._redactor,
+                       error_text=self._rest_error_text)
             if rest_url
             else None
         )
-        # Everything below is guarded by self._lock (protocol state included).
-        self._lock = threading.RLock()
-        self._desired: Dict[Tuple[str, str], Subscription] = {}
-        self._protocol: Optional[Protocol] = None
-        self._ready = False
-        self._conn: Optional[Connection] = None
-        self._reconnect_request: Optional[Reconnect] = None
+        self._kinds: Dict[type, str] = dict(self.EVENT_KINDS)
+        self._owner: AdapterOwner[P] = AdapterOwner(self._hand_over, self._after_hand_over)
+        self._book = SubscriptionBook()  # changed only under the owner's lock
+        self._supervisor: Optional[Supervisor] = None
+        self._scheduler: Optional[RestScheduler] = None
+        self._refresh_pending: Set[str] = set()
+        self._refresh_last: Dict[str, float] = {}
         # Lifecycle.
         self._state = "idle"
         self._state_cond = threading.Condition()
+        self._start_lock = threading.Lock()
         self._stop_event = threading.Event()
-        self._io_thread: Optional[threading.Thread] = None
-        self._rest_thread: Optional[threading.Thread] = None
-        self._rest_jobs: "queue.SimpleQueue[Optional[Callable[[], Sequence[Output]]]]" = queue.SimpleQueue()
         self._fatal_error: Optional[BrokerFeedsError] = None
-        self._has_connected = False
-        self._self_stop = False  # the feed stopped itself (fatal error): the I/O thread cleans up
         self._warned_insecure = False
         # Counters (written by one thread each; read for stats).
         self._messages = 0
@@ -213,54 +219,55 @@ class Feed:
     # ================================================================ public: callbacks
     def on(self, kind: str, fn: F) -> F:
         """Register ``fn`` for callback kind ``kind`` (``"order"``, ``"error"``, ...)."""
-        return self._callbacks.add(kind, fn)  # type: ignore[return-value]
+        self._callbacks.add(kind, fn)
+        return fn
 
-    def on_order(self, fn: F) -> F:
+    def on_order(self, fn: OrderHandler) -> OrderHandler:
         """Call ``fn(order: Order)`` with the full, merged order after every change."""
         return self.on("order", fn)
 
-    def on_trade(self, fn: F) -> F:
+    def on_trade(self, fn: TradeHandler) -> TradeHandler:
         """Call ``fn(trade: Trade)`` for every fill."""
         return self.on("trade", fn)
 
-    def on_position(self, fn: F) -> F:
+    def on_position(self, fn: PositionHandler) -> PositionHandler:
         """Call ``fn(position: Position)`` when a position changes."""
         return self.on("position", fn)
 
-    def on_pnl(self, fn: F) -> F:
+    def on_pnl(self, fn: PnLHandler) -> PnLHandler:
         """Call ``fn(pnl: PnL)`` when account P&L figures change."""
         return self.on("pnl", fn)
 
-    def on_holding(self, fn: F) -> F:
+    def on_holding(self, fn: HoldingHandler) -> HoldingHandler:
         """Call ``fn(holding: Holding)`` when a holding changes."""
         return self.on("holding", fn)
 
-    def on_balance(self, fn: F) -> F:
+    def on_balance(self, fn: BalanceHandler) -> BalanceHandler:
         """Call ``fn(balance: Balance)`` when cash / buying power figures change."""
         return self.on("balance", fn)
 
-    def on_quote(self, fn: F) -> F:
+    def on_quote(self, fn: QuoteHandler) -> QuoteHandler:
         """Call ``fn(quote: Quote)`` with the merged snapshot after every tick."""
         return self.on("quote", fn)
 
-    def on_notice(self, fn: F) -> F:
+    def on_notice(self, fn: NoticeHandler) -> NoticeHandler:
         """Call ``fn(notice: Notice)`` for broker messages meant for humans."""
         return self.on("notice", fn)
 
-    def on_connect(self, fn: F) -> F:
+    def on_connect(self, fn: ConnectHandler) -> ConnectHandler:
         """Call ``fn(connected: Connected)`` once connected and subscriptions are sent."""
         return self.on("connect", fn)
 
-    def on_disconnect(self, fn: F) -> F:
+    def on_disconnect(self, fn: DisconnectHandler) -> DisconnectHandler:
         """Call ``fn(disconnected: Disconnected)`` when a connection ends (with the reason)."""
         return self.on("disconnect", fn)
 
-    def on_error(self, fn: F) -> F:
+    def on_error(self, fn: ErrorHandler) -> ErrorHandler:
         """Call ``fn(error: BrokerFeedsError)`` for every problem (the feed carries on
         unless the error is fatal, e.g. :class:`AuthenticationError`)."""
         return self.on("error", fn)
 
-    def on_message(self, fn: F) -> F:
+    def on_message(self, fn: MessageHandler) -> MessageHandler:
         """Call ``fn(message)`` with every decoded broker message (dict/list/str), raw."""
         return self.on("message", fn)
 
@@ -277,8 +284,8 @@ class Feed:
     @property
     def subscriptions(self) -> Tuple[Subscription, ...]:
         """What the feed keeps subscribed (and re-sends after every reconnect)."""
-        with self._lock:
-            return tuple(self._desired.values())
+        with self._owner.lock:
+            return self._book.all()
 
     @property
     def error(self) -> Optional[BrokerFeedsError]:
@@ -287,7 +294,13 @@ class Feed:
 
     @property
     def stats(self) -> FeedStats:
-        """Counters: messages, events, reconnects, callback errors, ..."""
+        """Counters: messages, events, reconnects, callback errors, ...
+
+        ``extra`` holds broker counters, among them ``stale_order_updates``: order
+        updates refused because they would have moved an order backwards.
+        """
+        extra = dict(self._extra_stats())
+        extra.update(self._owner.query(lambda adapter: dict(adapter.counters()), {}))
         return FeedStats(
             state=self._state,
             messages=self._messages,
@@ -300,61 +313,58 @@ class Feed:
             pending_events=self._dispatcher.pending,
             last_message_at=_wall(self._last_message_at),
             connected_since=_wall(self._connected_since),
-            extra=self._extra_stats(),
+            extra=extra,
         )
 
-    def start(self) -> "Feed":
+    def start(self) -> "Feed[P]":
         """Start the feed's threads and return at once (idempotent while running)."""
-        with self._state_cond:
+        with self._start_lock:
             if self._state not in ("idle", "stopped"):
                 return self
-            alive = [t for t in self._threads() if t.is_alive()]
-            if alive:
+            if any(t.is_alive() for t in self._threads()):
                 raise RuntimeError("the previous run of this feed is still stopping")
             self._stop_event.clear()
             self._fatal_error = None
-            self._has_connected = False
-            with self._lock:
-                self._protocol = self._new_protocol()
-                self._ready = False
-                self._reconnect_request = None
-            self._self_stop = False
+            self._refresh_pending.clear()
+            self._owner.install(self._new_protocol())
             self._set_state("connecting", restart=True)
-        if self.verify is False and not self._warned_insecure:
-            self._warned_insecure = True
-            self._log.warning("TLS certificate verification is OFF (verify=False)")
-        self._dispatcher.start()
-        if self._rest is not None:
-            self._rest_thread = threading.Thread(
-                target=self._run_rest, name=f"brokerfeeds-{self.name}-rest", daemon=True
-            )
-            self._rest_thread.start()
-        self._io_thread = threading.Thread(
-            target=self._run_io, name=f"brokerfeeds-{self.name}-io", daemon=True
-        )
-        self._io_thread.start()
+            if self.verify is False and not self._warned_insecure:
+                self._warned_insecure = True
+                self._log.warning("TLS certificate verification is OFF (verify=False)")
+            self._dispatcher.start()
+            if self._rest is not None:
+                self._scheduler = RestScheduler(f"brokerfeeds-{self.name}-rest", self._periodic_jobs(),
+                                                lambda: self._owner.ready, self._job_failed)
+                self._scheduler.start()
+            self._supervisor = Supervisor(self)
+            self._supervisor.start()
         return self
 
     def stop(self, timeout: float = 5.0) -> bool:
         """Stop and join every thread the feed started; True if all ended in time.
 
-        Idempotent, and safe from any thread, including from inside a callback (the
-        calling thread then ends right after the callback returns). Events already
-        queued are delivered first. A stopped feed can be started again.
+        Idempotent, and safe from any thread. Events already queued are delivered first.
+        Called from one of the feed's own threads (inside a callback), it cannot wait
+        for that thread: it starts the shutdown, returns False at once, and the feed
+        finishes stopping as soon as the callback returns. A stopped feed can be
+        started again.
         """
         deadline = _monotonic() + timeout
         self._stop_event.set()
-        with self._lock:
-            conn = self._conn
-        if conn is not None:
-            conn.abort()
-        self._rest_jobs.put(None)
-        me = threading.current_thread()
+        supervisor, scheduler = self._supervisor, self._scheduler
+        if supervisor is not None:
+            supervisor.abort()
+        if scheduler is not None:
+            scheduler.stop()
+        if threading.current_thread() in self._threads():
+            return False  # the io thread completes the shutdown (Feed._finish_run)
         ended = True
-        for thread in (self._io_thread, self._rest_thread):
-            if thread is not None and thread is not me:
-                thread.join(max(0.0, deadline - _monotonic()))
-                ended = ended and not thread.is_alive()
+        io = supervisor.thread if supervisor is not None else None
+        if io is not None:
+            io.join(max(0.0, deadline - _monotonic()))
+            ended = not io.is_alive()
+        if scheduler is not None:
+            ended = scheduler.join(max(0.0, deadline - _monotonic())) and ended
         ended = self._dispatcher.stop(max(0.0, deadline - _monotonic())) and ended
         if self._rest is not None:
             self._rest.close()
@@ -417,7 +427,7 @@ class Feed:
         """
         return _EventIterator(self._dispatcher, lambda: self._state == "stopped", timeout)
 
-    def __enter__(self) -> "Feed":
+    def __enter__(self) -> "Feed[P]":
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:
@@ -438,64 +448,76 @@ class Feed:
 
     def _subscribe_many(self, subs: Sequence[Subscription]) -> List[Subscription]:
         """Add several subscriptions at once: a ready session gets them in ONE
-        ``protocol.subscribe`` call (one frame, for brokers that batch). Returns the new ones."""
-        with self._lock:
-            fresh: Dict[Tuple[str, str], Subscription] = {}
-            for sub in subs:
-                if self._desired.get(sub.ident) != sub:
-                    fresh[sub.ident] = sub
-            self._desired.update(fresh)
-            added = list(fresh.values())
-            outputs = self._protocol.subscribe(added, _monotonic()) if added and self._ready and self._protocol else []
+        ``subscribe`` call (one frame, for brokers that batch). Returns the new ones."""
+        added: List[Subscription] = []
+
+        def add(adapter: P) -> Sequence[Output]:
+            added.extend(self._book.add(subs))
+            return adapter.subscribe(added, _monotonic()) if added and self._owner.ready else ()
+
+        if not self._owner.drive(add):
+            with self._owner.lock:  # not started yet: only the book changes
+                added.extend(self._book.add(subs))
         if added:
             self._log.info("subscribe %s", ", ".join(str(s) for s in added))
-        self._handle(outputs)
         return added
 
     def _unsubscribe_many(self, idents: Sequence[Tuple[str, str]]) -> List[Subscription]:
-        """Remove several ``(kind, key)`` at once (one ``protocol.unsubscribe`` call). Returns the removed ones."""
-        with self._lock:
-            removed = [s for s in (self._desired.pop(i, None) for i in dict.fromkeys(idents)) if s is not None]
-            outputs = self._protocol.unsubscribe(removed, _monotonic()) if removed and self._ready and self._protocol else []
+        """Remove several ``(kind, key)`` at once (one ``unsubscribe`` call). Returns the removed ones."""
+        removed: List[Subscription] = []
+
+        def remove(adapter: P) -> Sequence[Output]:
+            removed.extend(self._book.remove(idents))
+            return adapter.unsubscribe(removed, _monotonic()) if removed and self._owner.ready else ()
+
+        if not self._owner.drive(remove):
+            with self._owner.lock:
+                removed.extend(self._book.remove(idents))
         if removed:
             self._log.info("unsubscribe %s", ", ".join(str(s) for s in removed))
-        self._handle(outputs)
         return removed
 
     # ================================================================ hooks for subclasses
-    def _new_protocol(self) -> Protocol:
+    @abc.abstractmethod
+    def _new_protocol(self) -> P:
         """A fresh protocol adapter for one run of the feed."""
-        raise NotImplementedError
 
     def _connect_target(self) -> ConnectTarget:
-        """Where to connect now (runs before every attempt; may call REST).
+        """Where to connect now (runs on the io thread before every attempt; may call REST).
 
         Raise :class:`AuthenticationError` for rejected credentials, or
         :class:`ConnectionFailed` / :class:`RateLimited` to retry later.
         """
         return ConnectTarget(self.url)
 
-    def _retry_auth(self, error: AuthenticationError) -> bool:
+    def _retry_auth(self, error: BaseException) -> bool:
         """After a rejection: True to try again at once (e.g. a refreshed token)."""
         return False
 
-    def _after_ready(self, reconnect: bool) -> Sequence[Output]:
+    def _credentials_refused(self) -> None:
+        """The server refused the credentials of the last connection (a
+        :class:`Reconnect` with ``fresh_credentials``): forget cached ones."""
+
+    def _after_ready(self, reconnect: bool) -> None:
         """Runs on the REST thread after each (re)connect's subscriptions were sent.
 
-        Reconcile here (REST snapshot → events for what changed while away).
+        Reconcile here: fetch a REST snapshot and give it to the adapter with
+        :meth:`_apply` (only what changed while away produces events).
         """
-        return ()
 
-    def _periodic_jobs(self) -> Sequence[Tuple[float, Callable[[], Sequence[Output]], str, bool]]:
-        """``(interval, job, name, when_ready)`` jobs for the REST thread (keep-alives, polls)."""
+    def _refresh(self, what: str) -> None:
+        """Runs on the REST thread when the adapter asked for a :class:`Refresh` of ``what``."""
+
+    def _periodic_jobs(self) -> Sequence[PeriodicJob]:
+        """Jobs for the REST thread (keep-alives, polls)."""
         return ()
 
     def _rest_error_text(self, body: Any) -> Optional[str]:
         """The broker's explanation inside a REST error body, if any."""
         return None
 
-    def _extra_stats(self) -> Dict[str, int]:
-        """Broker-specific counters for :attr:`stats`."""
+    def _extra_stats(self) -> Mapping[str, int]:
+        """Broker-specific counters for :attr:`stats` (the adapter's are added)."""
         return {}
 
     # ================================================================ helpers for subclasses
@@ -506,294 +528,166 @@ class Feed:
             raise RuntimeError(f"{type(self).__name__} has no rest_url")
         return self._rest
 
-    def _apply(self, fn: Callable[[Protocol], Sequence[Output]]) -> None:
-        """Run ``fn(protocol)`` under the feed's lock and act on its outputs.
+    def _apply(self, fn: Callable[[P], Sequence[Output]]) -> bool:
+        """Give the adapter an input (``fn(adapter)`` calls one of its input methods) and
+        deliver its outputs in order; False if the feed has no adapter (never started).
 
-        How REST results (reconciliation, polls) enter protocol state from the REST
-        thread without racing the reader.
+        An exception other than :class:`ProtocolError` raised by the adapter is turned
+        into one and re-raised, so callers handle only that.
         """
-        with self._lock:
-            if self._protocol is None:
-                return
-            outputs = fn(self._protocol)
-        self._handle(outputs)
+        try:
+            return self._owner.drive(fn)
+        except ProtocolError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - only ProtocolError leaves an adapter
+            raise protocol_error(exc, "adapter rejected a REST result") from exc
+
+    T = TypeVar("T")
+
+    def _query(self, fn: Callable[[P], "Feed.T"], default: "Feed.T") -> "Feed.T":
+        """Read adapter state: ``fn(adapter)`` under the owner's lock (``default`` if none)."""
+        return self._owner.query(fn, default)
 
     def _register_secret(self, *secrets: Any) -> None:
         """Mask these values in every log line, repr and error from now on."""
         self._redactor.add(*secrets)
 
     def _request_reconnect(self, reason: str, immediate: bool = False) -> None:
-        """Ask the reader thread to drop the connection and reconnect."""
-        self._control(Reconnect(reason, immediate))
+        """Ask the io thread to drop the connection and reconnect."""
+        supervisor = self._supervisor
+        if supervisor is not None:
+            supervisor.request_reconnect(Reconnect(reason, immediate))
 
     def _report(self, error: BrokerFeedsError, level: int = logging.WARNING) -> None:
         """Log ``error`` and pass it to ``on_error``."""
         self._log.log(level, "%s: %s", type(error).__name__, error)
         self._dispatcher.put("error", error)
 
-    # ================================================================ output handling
-    def _handle(self, outputs: Sequence[Output]) -> None:
-        kinds = self.EVENT_KINDS
-        put = self._dispatcher.put
+    # ================================================================ adapter outputs
+    def _hand_over(self, outputs: Sequence[Output], late: Optional[List[Control]] = None) -> List[Control]:
+        """Queue events and act on controls, under the owner's lock (see :mod:`brokerfeeds.owner`).
+
+        Returns the controls that must run after the lock is released (reconnect
+        requests and fatal errors, which may wake or join other threads).
+        """
+        if late is None:
+            late = []
+        kinds = self._kinds
+        dispatcher = self._dispatcher
         for out in outputs:
             kind = kinds.get(type(out))
-            if kind is None:
-                self._control(out)
+            if kind is not None:
+                self._events += 1
+                if kind == "quote":
+                    dispatcher.put_quote(out.instrument, out)  # type: ignore[union-attr]  # kind says Quote
+                else:
+                    dispatcher.put(kind, out)
                 continue
-            self._events += 1
-            if kind == "quote":
-                self._dispatcher.put_quote(out.instrument, out)
+            cls = type(out)
+            if cls is Send:
+                supervisor = self._supervisor
+                if supervisor is not None:
+                    if self._log.isEnabledFor(logging.DEBUG):
+                        self._log.debug("send %s", excerpt(out.frame))  # type: ignore[union-attr]
+                    supervisor.send(out.frame)  # type: ignore[union-attr]
+            elif cls is RawMessage:
+                dispatcher.put("message", out.message)  # type: ignore[union-attr]
+            elif cls is Report:
+                self._report(out.error)  # type: ignore[union-attr]
+            elif cls is Ready:
+                self._on_ready(late)
+            elif cls is NotReady:
+                self._owner.ready = False
+                self._log.warning("session not usable: %s", out.reason)  # type: ignore[union-attr]
+                self._set_state("reconnecting")
+            elif cls is Refresh:
+                self._on_refresh(out.what)  # type: ignore[union-attr]
+            elif cls is Reconnect or cls is Fatal:
+                late.append(out)  # type: ignore[arg-type]
+            elif isinstance(out, ev.Event):  # an event class this feed did not register
+                dispatcher.put("message", out)
             else:
-                put(kind, out)
+                raise TypeError(f"unknown adapter output {out!r}")
+        return late
 
-    def _control(self, out: Output) -> None:
-        kind = type(out)
-        if kind is Send:
-            conn = self._conn
-            if conn is not None:
-                if self._debug:
-                    self._log.debug("send %s", excerpt(out.frame))
-                try:
-                    conn.send(out.frame)
-                except Closed:
-                    pass  # the reader notices and reconnects; subscriptions are re-sent then
-        elif kind is RawMessage:
-            self._dispatcher.put("message", out.message)
-        elif kind is Report:
-            self._report(out.error)
-        elif kind is Ready:
-            self._on_ready()
-        elif kind is NotReady:
-            with self._lock:
-                self._ready = False
-            self._unready_since = _monotonic()
-            self._log.warning("session not usable: %s", out.reason)
-            self._set_state("connecting")
-        elif kind is Reconnect:
-            with self._lock:
-                self._reconnect_request = out
-                conn = self._conn
-            if conn is not None:
-                conn.abort()
-        elif kind is Fatal:
-            self._fail(out.error)
-        elif isinstance(out, ev.Event):  # an event class a subclass did not register
-            self._dispatcher.put("message", out)
-        else:
-            raise TypeError(f"unknown protocol output {out!r}")
+    def _after_hand_over(self, late: List[Control]) -> None:
+        for out in late:
+            if isinstance(out, Reconnect):
+                supervisor = self._supervisor
+                if supervisor is not None:
+                    supervisor.request_reconnect(out)
+            elif isinstance(out, Fatal):
+                self._fail(out.error)
 
-    def _on_ready(self) -> None:
-        with self._lock:
-            self._ready = True
-            subs = list(self._desired.values())
-            protocol = self._protocol
-            outputs = protocol.subscribe(subs, _monotonic()) if subs and protocol else []
-        reconnect = self._has_connected
-        self._has_connected = True
+    def _on_ready(self, late: List[Control]) -> None:
+        """The session became usable: send the whole book, then say so (under the lock)."""
+        owner = self._owner
+        adapter = owner.adapter
+        owner.ready = True
+        subs = self._book.all()
+        if subs and adapter is not None:
+            self._hand_over(adapter.subscribe(subs, _monotonic()), late)
+        supervisor = self._supervisor
+        reconnect = supervisor is not None and supervisor.has_connected
+        if supervisor is not None:
+            supervisor.has_connected = True
         self._connects += 1
         self._connected_since = _monotonic()
-        self._handle(outputs)
         self._log.info("%s; %s %d subscription(s)", "reconnected" if reconnect else "connected",
                        "re-sent" if reconnect else "sent", len(subs))
         self._set_state("connected")
         self._dispatcher.put("connect", ev.Connected(broker=self.broker, reconnect=reconnect,
                                                       subscriptions=len(subs)))
-        if self._rest_thread is not None:
-            self._rest_jobs.put(lambda: self._after_ready(reconnect))
+        scheduler = self._scheduler
+        if scheduler is not None:
+            scheduler.submit("reconciliation", lambda: self._after_ready(reconnect))
 
+    def _on_refresh(self, what: str) -> None:
+        """Coalesce refresh requests: one pending REST refresh per ``what``."""
+        scheduler = self._scheduler
+        if scheduler is None or what in self._refresh_pending:
+            return
+        self._refresh_pending.add(what)
+        scheduler.submit(f"{what} refresh", lambda: self._run_refresh(what))
+
+    def _run_refresh(self, what: str) -> None:
+        wait = self._refresh_last.get(what, float("-inf")) + self.refresh_interval - _monotonic()
+        if wait > 0 and self._stop_event.wait(wait):
+            return
+        with self._owner.lock:
+            # Taken off before the call: a request made while it runs gets its own refresh.
+            self._refresh_pending.discard(what)
+        self._refresh_last[what] = _monotonic()
+        self._refresh(what)
+
+    # ================================================================ failures and shutdown
     def _fail(self, error: BrokerFeedsError) -> None:
         """Stop the feed because of ``error`` (reported to on_error and run_forever)."""
         if self._fatal_error is None:
             self._fatal_error = error
         self._report(error, logging.ERROR)
-        on_feed_thread = threading.current_thread() in (self._io_thread, self._rest_thread)
-        self._self_stop = on_feed_thread
+        self.stop()  # from a feed thread: starts the shutdown, the io thread completes it
+
+    def _finish_run(self) -> None:
+        """The io thread's last act: end the other threads and say "stopped"."""
         self._stop_event.set()
-        with self._lock:
-            conn = self._conn
-        if conn is not None:
-            conn.abort()
-        if not on_feed_thread:
-            self.stop()
-        # Otherwise the I/O thread notices the stop event and finishes the shutdown.
-
-    # ================================================================ the I/O thread
-    def _run_io(self) -> None:
-        policy = self.reconnect_policy
-        failures = 0
-        try:
-            while not self._stop_event.is_set():
-                try:
-                    conn = self._open()
-                except AuthenticationError as exc:
-                    self._fail(exc)
-                    break
-                except BrokerFeedsError as exc:
-                    if self._stop_event.is_set():
-                        break
-                    failures += 1
-                    self._report(exc)
-                    if policy.gives_up(failures):
-                        self._fail(ConnectionFailed(f"gave up after {failures} failed attempts: {exc}"))
-                        break
-                    delay = policy.delay(failures - 1)
-                    if isinstance(exc, RateLimited) and exc.retry_after is not None:
-                        delay = max(delay, exc.retry_after)
-                    self._log.info("reconnecting in %.2fs (attempt %d)", delay, failures + 1)
-                    self._stop_event.wait(delay)
-                    continue
-                opened = _monotonic()
-                reason, immediate = self._serve(conn)
-                healthy = _monotonic() - opened >= policy.reset_after
-                failures = 0 if healthy else failures
-                if self._stop_event.is_set():
-                    if self._has_connected:
-                        why = str(self._fatal_error) if self._fatal_error is not None else "stopped"
-                        self._dispatcher.put("disconnect", ev.Disconnected(
-                            broker=self.broker, reason=why, will_reconnect=False))
-                    break
-                self._reconnects += 1
-                self._log.info("connection lost: %s", reason)
-                self._dispatcher.put("disconnect", ev.Disconnected(broker=self.broker, reason=reason))
-                if immediate:
-                    continue
-                delay = policy.delay(failures)
-                failures += 1
-                if policy.gives_up(failures) and not healthy:
-                    self._fail(ConnectionFailed(f"gave up after {failures} failed attempts: {reason}"))
-                    break
-                self._log.info("reconnecting in %.2fs", delay)
-                self._stop_event.wait(delay)
-        except Exception as exc:  # noqa: BLE001 - a bug must surface, not kill silently
-            self._log.error("I/O thread crashed: %r", exc, exc_info=exc)
-            self._fail(BrokerFeedsError(self._redactor.redact(f"internal error: {exc!r}")))
-        finally:
-            if self._self_stop:
-                # The feed stopped itself (fatal error): nobody else will join the threads.
-                self._finish_from_io()
-
-    def _finish_from_io(self) -> None:
-        self._rest_jobs.put(None)
-        rest = self._rest_thread
-        if rest is not None and rest is not threading.current_thread():
-            rest.join(5.0)
+        scheduler = self._scheduler
+        if scheduler is not None:
+            scheduler.stop()
+            scheduler.join(5.0)
         self._dispatcher.stop(5.0)
         if self._rest is not None:
             self._rest.close()
         self._set_state("stopped")
 
-    def _open(self) -> Connection:
-        """One connection attempt (with one immediate retry after a refreshed credential)."""
-        self._set_state("reconnecting" if self._has_connected else "connecting")
-        for _ in range(2):
-            try:
-                target = self._connect_target()
-                self._log.info("connecting to %s", self._redactor.redact(target.url))
-                conn = Connection.open(target, timeout=self.connect_timeout, verify=self.verify,
-                                       started=self._connecting)
-            except BrokerFeedsError as exc:
-                with self._lock:
-                    self._conn = None
-                if not isinstance(exc, AuthenticationError) or self._stop_event.is_set() or not self._retry_auth(exc):
-                    raise
-                self._log.info("credentials rejected; retrying with refreshed credentials")
-                continue
-            with self._lock:
-                if self._stop_event.is_set():
-                    conn.close()
-                    raise ConnectionFailed("stopped while connecting")
-                self._conn = conn
-            return conn
-        raise AuthenticationError("credentials rejected again after a refresh")
+    def _job_failed(self, name: str, exc: BaseException) -> None:
+        if isinstance(exc, BrokerFeedsError):
+            self._report(exc)
+            return
+        self._log.error("%s failed: %r", name, exc, exc_info=exc)
+        self._dispatcher.put("error", BrokerFeedsError(self._redactor.redact(f"{name} failed: {exc!r}")))
 
-    def _connecting(self, conn: Connection) -> None:
-        """Remember a connection still in its handshake, so stop() can abort it."""
-        with self._lock:
-            self._conn = conn
-        if self._stop_event.is_set():
-            conn.abort()
-
-    def _serve(self, conn: Connection) -> Tuple[str, bool]:
-        """Read frames until the connection ends; returns ``(reason, immediate)``."""
-        protocol = self._protocol
-        assert protocol is not None
-        lock = self._lock
-        handle = self._handle
-        dispatcher = self._dispatcher
-        self._debug = self._log.isEnabledFor(logging.DEBUG)
-        now = _monotonic()
-        last_rx = now
-        tick = max(0.02, min(1.0, self.stale_after / 5, self.heartbeat_interval / 2,
-                             self.ping_interval / 2 if self.ping_interval else 1.0))
-        next_tick = now + tick
-        next_heartbeat = now + self.heartbeat_interval
-        next_ping = now + (self.ping_interval or 0)
-        self._unready_since = now
-        reason = "closed"
-        with lock:
-            outputs = protocol.on_open(now)
-        handle(outputs)
-        try:
-            while not self._stop_event.is_set():
-                if now >= next_tick:
-                    next_tick = now + tick
-                    if now - last_rx > self.stale_after:
-                        reason = f"no data for {now - last_rx:.1f}s (stale connection)"
-                        break
-                    if self._reconnect_request is not None:
-                        break
-                    if not self._ready and now - self._unready_since > self.auth_timeout:
-                        reason = f"not authenticated within {self.auth_timeout:g}s"
-                        break
-                    with lock:
-                        outputs = protocol.maintain(now)
-                        if now >= next_heartbeat:
-                            next_heartbeat = now + self.heartbeat_interval
-                            outputs = list(outputs) + protocol.heartbeat(now)
-                    if outputs:
-                        handle(outputs)
-                    if self.ping_interval and now >= next_ping:
-                        next_ping = now + self.ping_interval
-                        conn.ping()
-                if dispatcher.defer and not conn.buffered:
-                    dispatcher.flush()  # about to wait for the socket: deliver the batch
-                frame = conn.recv(max(0.005, next_tick - now))
-                now = _monotonic()
-                if frame is None:
-                    continue
-                last_rx = now
-                opcode, data = frame
-                if opcode != FRAME_TEXT and opcode != FRAME_BINARY:
-                    continue  # ping / pong: alive, nothing to decode
-                self._messages += 1
-                self._last_message_at = now
-                if self._debug:
-                    self._log.debug("recv %s", excerpt(data))
-                try:
-                    with lock:
-                        outputs = protocol.on_frame(data, opcode == FRAME_BINARY, now)
-                except Exception as exc:  # noqa: BLE001 - bad input must never kill the reader
-                    self._bad_frame(data, exc)
-                    continue
-                if outputs:
-                    dispatcher.batch(more_coming=conn.buffered)
-                    handle(outputs)
-        except Closed as closed:
-            reason = closed.reason
-        finally:
-            dispatcher.flush()
-            with lock:
-                self._conn = None
-                self._ready = False
-                request, self._reconnect_request = self._reconnect_request, None
-                protocol.on_close()
-            self._connected_since = None
-            conn.close(1000 if self._stop_event.is_set() else 1001)
-        if request is not None:
-            return request.reason, request.immediate
-        return reason, False
-
-    def _bad_frame(self, data: bytes, exc: Exception) -> None:
+    def _bad_frame(self, data: bytes, exc: BaseException) -> None:
         self._malformed += 1
         if isinstance(exc, ProtocolError):
             error = exc
@@ -804,53 +698,14 @@ class Feed:
         self._log.warning("bad frame ignored (%s): %s", error, error.frame)
         self._dispatcher.put("error", error)
 
-    # ================================================================ the REST thread
-    def _run_rest(self) -> None:
-        jobs = [_Periodic(interval, job, name, when_ready)
-                for interval, job, name, when_ready in self._periodic_jobs()]
-        now = _monotonic()
-        for job in jobs:
-            job.due = now + job.interval
-        while not self._stop_event.is_set():
-            now = _monotonic()
-            wait = min((j.due for j in jobs), default=now + 1.0) - now
-            try:
-                one_off = self._rest_jobs.get(timeout=max(0.0, min(wait, 1.0)))
-            except queue.Empty:
-                one_off = None
-            else:
-                if one_off is None:
-                    continue
-                self._run_job(one_off, "reconcile")
-            now = _monotonic()
-            for job in jobs:
-                if now >= job.due:
-                    job.due = now + job.interval
-                    if job.when_ready and not self._ready:
-                        continue
-                    self._run_job(job.job, job.name)
-
-    def _run_job(self, job: Callable[[], Sequence[Output]], name: str) -> None:
-        if self._stop_event.is_set():
-            return
-        try:
-            outputs = job()
-        except BrokerFeedsError as exc:
-            self._report(exc)
-            return
-        except Exception as exc:  # noqa: BLE001
-            self._log.error("%s failed: %r", name, exc, exc_info=exc)
-            self._dispatcher.put("error", BrokerFeedsError(self._redactor.redact(f"{name} failed: {exc!r}")))
-            return
-        if outputs:
-            self._handle(outputs)
-
     # ================================================================ internals
-    _debug = False
-    _unready_since = 0.0
-
     def _threads(self) -> List[threading.Thread]:
-        return [t for t in (self._io_thread, self._rest_thread, self._dispatcher.thread) if t is not None]
+        threads = [self._dispatcher.thread]
+        if self._supervisor is not None:
+            threads.append(self._supervisor.thread)
+        if self._scheduler is not None:
+            threads.append(self._scheduler.thread)
+        return [t for t in threads if t is not None]
 
     def _set_state(self, state: str, restart: bool = False) -> None:
         with self._state_cond:
@@ -859,6 +714,12 @@ class Feed:
             if self._state != state:
                 self._state = state
                 self._state_cond.notify_all()
+
+
+def _check_rest_url(url: str) -> None:
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"rest_url must be an http:// or https:// URL, got {parts.scheme or 'no'} scheme")
 
 
 class _EventIterator:

@@ -60,17 +60,18 @@ def test_every_upstox_frame_is_an_order_change() -> None:
 def test_every_firstock_frame_is_an_order_change() -> None:
     from brokerfeeds.brokers.firstock import FirstockProtocol
     from brokerfeeds.events import Order, OrderStatus
-    from brokerfeeds.protocol import Ready
+    from brokerfeeds.protocol import Ready, Refresh
 
     protocol = FirstockProtocol("AB1234", can_refresh=True)
     assert any(isinstance(o, Ready) for o in protocol.on_frame(
         b'{"status":"success","message":"Authentication successful"}', False, 0.0))
     payloads = fr.firstock_frames(700)
-    orders = [o for p in payloads for o in protocol.on_frame(p, False, 0.0) if isinstance(o, Order)]
+    outputs = [o for p in payloads for o in protocol.on_frame(p, False, 0.0)]
+    orders = [o for o in outputs if isinstance(o, Order)]
     assert len(orders) == len(payloads)
     statuses = {o.status for o in orders}
     assert {OrderStatus.PARTIALLY_FILLED, OrderStatus.FILLED, OrderStatus.CANCELLED, OrderStatus.REJECTED} <= statuses
-    assert not protocol.take_order_refresh()  # fill fields present: no order book refresh needed
+    assert not any(isinstance(o, Refresh) for o in outputs)  # fill fields present: no order book refresh
     assert 400 < fr.sizes(payloads)["mean"] < 600
 
 

@@ -110,7 +110,7 @@ def frame(seq: Any = None, kind: str = "order-update", account: str = A, ts: int
 
 def opened(accounts=(A,), token: str = "tok-1234") -> ClearStreetProtocol:
     protocol = ClearStreetProtocol(replay_timeout=1.0)
-    protocol.token = token
+    protocol.use_token(token)
     protocol.on_open(0.0)
     protocol.subscribe([Subscription("activity", a) for a in accounts], 0.0)
     return protocol
@@ -122,7 +122,7 @@ def events_of(outputs: List[Any]) -> List[Any]:
 
 def test_unit_subscribe_frame_carries_token_per_account():
     protocol = ClearStreetProtocol()
-    protocol.token = "tok-abcdef"
+    protocol.use_token("tok-abcdef")
     protocol.on_open(0.0)
     out = protocol.subscribe([Subscription("activity", A), Subscription("activity", B)], 0.0)
     assert [json.loads(o.frame) for o in out] == [
@@ -137,7 +137,7 @@ def test_unit_duplicates_gaps_and_replay_flags():
     assert events_of(p.on_frame(frame(2), False, 0.3))[0].replayed is False
     assert p.on_frame(frame(2), False, 0.3) == []  # duplicate
     assert p.on_frame(frame(1), False, 0.3) == []  # lower: duplicate, never a rewind
-    assert p.marks[A] == 2 and p.counters["duplicates"] == 2
+    assert p.marks[A] == 2 and p.counters()["duplicates"] == 2
     out = p.on_frame(frame(5), False, 0.4)
     gap = [o.error for o in out if isinstance(o, Report)][0]
     assert isinstance(gap, GapDetected) and (gap.account, gap.expected, gap.got) == (A, 3, 5)
@@ -152,7 +152,7 @@ def test_unit_day_rollover_resets_mark_and_old_day_is_stale():
     for seq in (1, 2, 3):
         p.on_frame(frame(seq, ts=day1), False, 0.1)
     assert events_of(p.on_frame(frame(1, ts=day2), False, 0.2))  # new day, sequence 1
-    assert p.counters["day_resets"] == 1 and p.export_marks()[A] == {"sequence": 1, "trading_day": trading_day(day2)}
+    assert p.counters()["day_resets"] == 1 and p.export_marks()[A] == {"sequence": 1, "trading_day": trading_day(day2)}
     assert p.on_frame(frame(4, ts=day1), False, 0.3) == []  # yesterday's: stale
 
 
@@ -165,7 +165,7 @@ def test_unit_acks_fifo_refusals_and_auth_retry_once():
                      b'"details":"Unauthorized: token expired"}}', False, 0.2)
     errors = [o.error for o in out if isinstance(o, Report)]
     assert isinstance(errors[0], AuthenticationError) and "Unauthorized: token expired" in str(errors[0])
-    assert any(isinstance(o, Reconnect) and o.immediate for o in out) and p.token_refused
+    assert any(isinstance(o, Reconnect) and o.immediate and o.fresh_credentials for o in out)
     # Refused again after a fresh token: that account stops; A was fine, so the feed goes on.
     p.on_open(1.0)
     p.subscribe([Subscription("activity", A), Subscription("activity", B)], 1.0)

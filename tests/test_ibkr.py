@@ -67,7 +67,7 @@ def test_session_lost_mid_stream_pauses_then_resubscribes(make_feed, sim):
     connected(feed, sim, "sor")
     sim.set_authenticated(False)
     rec.wait_for("notice", lambda n: n.kind == "status" and "not authenticated" in n.text)
-    wait_until(lambda: feed.state == "connecting")
+    wait_until(lambda: feed.state == "reconnecting")  # not usable until the session is back
     sim.set_authenticated(True)
     rec.wait_for("connect", count=2)
     wait_until(lambda: sum(1 for t in sim.received_texts() if t == "sor+{}") == 2)
@@ -94,7 +94,7 @@ def test_tls_verification_failure_is_a_clear_connection_error(caplog):
         feed.start()
         try:
             wait_until(lambda: errors)
-            assert "connect failed" in str(errors[0])
+            assert str(errors[0]).startswith(f"connect to {plain.url.replace('ws://', 'wss://')} failed: ")
         finally:
             feed.stop()
 

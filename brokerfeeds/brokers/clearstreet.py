@@ -71,6 +71,7 @@ from typing import (
     Union,
 )
 
+from ..auth import ClientCredentials as OAuth2ClientCredentials
 from ..auth import TokenSource
 from ..errors import (
     AuthenticationError,
@@ -90,7 +91,8 @@ from ..events import (
     ReplayComplete,
     Trade,
 )
-from ..feed import Feed
+from ..feed import Feed, PeriodicJob
+from ..marks import JsonFileMarkStore, Mark, MarkStore
 from ..protocol import (
     Fatal,
     Output,
@@ -104,9 +106,7 @@ from ..protocol import (
     first,
     parse_json,
 )
-from ..redact import Redactor
-from ..rest import RestClient
-from ..state import ChangeTracker, side_of
+from ..state import ChangeTracker, SeenIds, map_order_status, side_of, status_table
 from ..transport import ConnectTarget
 from ..values import from_epoch_ms, to_decimal, to_text
 
@@ -124,7 +124,7 @@ BROKER = "clearstreet"
 _ACTIVITY = "activity"
 F = TypeVar("F", bound=Callable[..., Any])
 
-STATUS_MAP: Dict[str, OrderStatus] = {
+STATUS_MAP: Dict[str, OrderStatus] = status_table({
     "pending-new": OrderStatus.PENDING,
     "new": OrderStatus.OPEN,
     "accepted-for-bidding": OrderStatus.OPEN,
@@ -141,11 +141,8 @@ STATUS_MAP: Dict[str, OrderStatus] = {
     "rejected": OrderStatus.REJECTED,
     "expired": OrderStatus.EXPIRED,
     "done-for-day": OrderStatus.EXPIRED,
-}
+})
 _AUTH_WORDS = ("auth", "token", "expired", "forbidden", "credential", "401", "403", "jwt", "permission")
-
-#: A persisted mark: ``{"sequence": 42, "trading_day": "2026-03-22"}`` (day may be None).
-Mark = Dict[str, Any]
 
 try:  # Python >= 3.9 with the system's (or the tzdata package's) time-zone database
     from zoneinfo import ZoneInfo
@@ -163,8 +160,8 @@ def trading_day(timestamp_ms: Any) -> Optional[str]:
 
 def map_status(status: Optional[str], state: Optional[str], filled: Any = None, quantity: Any = None) -> OrderStatus:
     """Clear Street's ``status`` (falling back to the simplified ``state``) as an :class:`OrderStatus`."""
-    mapped = STATUS_MAP.get((status or "").lower())
-    if mapped is not None:
+    mapped = map_order_status(STATUS_MAP, status, None, None)
+    if mapped is not OrderStatus.UNKNOWN:
         return mapped
     state = (state or "").lower()
     if state == "open":
@@ -237,8 +234,8 @@ def pnl_from(account: str, body: Mapping[str, Any]) -> PnL:
 class ClearStreetProtocol(Protocol):
     """Sans-I/O adapter for the activity channel (sequence marks, replay, acks).
 
-    The feed sets :attr:`token` before every connection; :meth:`subscribe` puts it in
-    each ``subscribe-activity`` message. Marks survive reconnects (this object lives for
+    The feed gives it the token with :meth:`use_token` before every connection;
+    :meth:`subscribe` puts it in each ``subscribe-activity`` message. Marks survive reconnects (this object lives for
     one run of the feed) and can be exported / restored with :meth:`export_marks` /
     :meth:`restore_marks`.
     """
@@ -248,9 +245,7 @@ class ClearStreetProtocol(Protocol):
 
     def __init__(self, replay_timeout: float = 30.0, marks: Optional[Mapping[str, Any]] = None) -> None:
         self.replay_timeout = replay_timeout
-        self.token: Optional[str] = None
-        #: Set when the server refused :attr:`token`: the feed fetches a fresh one before reconnecting.
-        self.token_refused = False
+        self._token: Optional[str] = None
         self.marks: Dict[str, int] = {}
         self.mark_days: Dict[str, Optional[str]] = {}
         # Per connection.
@@ -266,9 +261,9 @@ class ClearStreetProtocol(Protocol):
         self.failed: Set[str] = set()  # accounts stopped after repeated auth failures
         self._gap_tries: Dict[Tuple[str, int], int] = {}
         self._order_versions: Dict[str, Any] = {}
-        self._trade_ids: Set[str] = set()
+        self._trade_ids = SeenIds()
         self._pnl = ChangeTracker[PnL]()
-        self.counters: Dict[str, int] = {
+        self._counters: Dict[str, int] = {
             "duplicates": 0, "replayed": 0, "gaps": 0, "gap_held_back": 0, "day_resets": 0,
             "replay_timeouts": 0, "unattributed": 0,
         }
@@ -280,7 +275,20 @@ class ClearStreetProtocol(Protocol):
         """``{account: {"sequence": n, "trading_day": "YYYY-MM-DD" or None}}`` (JSON-friendly)."""
         return {acct: {"sequence": seq, "trading_day": self.mark_days.get(acct)} for acct, seq in self.marks.items()}
 
-    def restore_marks(self, marks: Mapping[str, Any]) -> None:
+    def use_token(self, token: str) -> List[Output]:
+        """The bearer token for the next ``subscribe-activity`` messages."""
+        self._token = token
+        return []
+
+    @property
+    def token(self) -> Optional[str]:
+        """The token in use (read-only: give a new one with :meth:`use_token`)."""
+        return self._token
+
+    def counters(self) -> Mapping[str, int]:
+        return dict(self._counters)
+
+    def restore_marks(self, marks: Mapping[str, Any]) -> List[Output]:
         """Adopt marks saved earlier (a mark of a later day, or higher on the same day, wins).
 
         Values may be ``{"sequence": n, "trading_day": day}`` dicts or bare integers.
@@ -300,6 +308,7 @@ class ClearStreetProtocol(Protocol):
             if have is None or (day or "") > (have_day or "") or (day == have_day and seq > have):
                 self.marks[acct] = seq
                 self.mark_days[acct] = day
+        return []
 
     # ------------------------------------------------------------- connection
     def on_open(self, now: float) -> List[Output]:
@@ -327,7 +336,7 @@ class ClearStreetProtocol(Protocol):
             acct = sub.key
             if acct in self.failed or acct in self.accounts:
                 continue
-            if self.token is None:
+            if self._token is None:
                 out.append(Report(AuthenticationError("no access token: cannot subscribe")))
                 continue
             self.accounts.append(acct)
@@ -336,7 +345,7 @@ class ClearStreetProtocol(Protocol):
             if not self._replaying:
                 self._last_progress = now
             self._replaying[acct] = None
-            out.append(Send(json.dumps({"authorization": self.token,
+            out.append(Send(json.dumps({"authorization": self._token,
                                         "payload": {"type": "subscribe-activity", "account_id": acct}})))
         return out
 
@@ -358,7 +367,7 @@ class ClearStreetProtocol(Protocol):
         out: List[Output] = []
         for acct in list(self._replaying):
             self._finish_replay(acct)
-            self.counters["replay_timeouts"] += 1
+            self._counters["replay_timeouts"] += 1
             out.append(Report(BrokerFeedsError(
                 f"account {acct}: replay made no progress for {self.replay_timeout:g}s and "
                 "replay-complete never came; treating the account as live")))
@@ -411,9 +420,9 @@ class ClearStreetProtocol(Protocol):
             return [Report(BrokerFeedsError(text))]
         if acct not in self._auth_retried:
             self._auth_retried.add(acct)
-            self.token_refused = True
             return [Report(AuthenticationError(text + " (retrying once with a fresh token)")),
-                    Reconnect(f"account {acct}: token refused; reconnecting with a fresh token", immediate=True)]
+                    Reconnect(f"account {acct}: token refused; reconnecting with a fresh token", immediate=True,
+                              fresh_credentials=True)]
         self.failed.add(acct)
         error = AuthenticationError(text + " (again after a token refresh: account stopped)")
         if self.accounts:  # other accounts on this connection go on
@@ -462,11 +471,11 @@ class ClearStreetProtocol(Protocol):
             raise ProtocolError("sequence is not an integer", excerpt(json.dumps(message))) from None
         acct = self._account_of(payload)
         if acct is None:
-            self.counters["unattributed"] += 1
+            self._counters["unattributed"] += 1
             return self._deliver(message, payload, kind, replayed=False)
         if acct in self._removed or acct in self._broken:
             if acct in self._broken:
-                self.counters["gap_held_back"] += 1
+                self._counters["gap_held_back"] += 1
             return []
         replaying = acct in self._replaying
         if replaying:
@@ -476,25 +485,25 @@ class ClearStreetProtocol(Protocol):
         mark_day = self.mark_days.get(acct)
         if mark is not None and day is not None and mark_day is not None and day != mark_day:
             if day > mark_day:  # a new trading day: the server's sequences restarted
-                self.counters["day_resets"] += 1
+                self._counters["day_resets"] += 1
                 mark = None
                 self._order_versions.clear()
-                self._trade_ids.clear()
+                self._trade_ids = SeenIds()
             else:  # a frame of an earlier day than what was delivered: stale
-                self.counters["duplicates"] += 1
+                self._counters["duplicates"] += 1
                 return []
         if mark is not None:
             if seq <= mark:
-                self.counters["duplicates"] += 1
+                self._counters["duplicates"] += 1
                 return []
             if seq > mark + 1:
                 tries = self._gap_tries.get((acct, mark + 1), 0)
-                self.counters["gaps"] += 1
+                self._counters["gaps"] += 1
                 error = GapDetected(acct, mark + 1, seq)
                 if tries < 2:
                     self._gap_tries[(acct, mark + 1)] = tries + 1
                     self._broken.add(acct)
-                    self.counters["gap_held_back"] += 1
+                    self._counters["gap_held_back"] += 1
                     return [Report(error), Reconnect(f"sequence gap on account {acct}", immediate=False)]
                 # The same hole survived two replays: it is in the server's journal. Accept it.
                 self._gap_tries.pop((acct, mark + 1), None)
@@ -512,7 +521,7 @@ class ClearStreetProtocol(Protocol):
 
     def _deliver(self, message: Dict[str, Any], payload: Dict[str, Any], kind: str, replayed: bool) -> List[Output]:
         if replayed:
-            self.counters["replayed"] += 1
+            self._counters["replayed"] += 1
         out: List[Output] = [RawMessage(message)]
         data = payload.get("data")
         if not isinstance(data, dict):
@@ -533,18 +542,16 @@ class ClearStreetProtocol(Protocol):
         version = data.get("version")
         if version is not None:
             if self._order_versions.get(order_id) == version:
-                self.counters["duplicates"] += 1
+                self._counters["duplicates"] += 1
                 return None  # the same version under another sequence number
             self._order_versions[order_id] = version
         return order_from(data, message, replayed)
 
     def _trade(self, data: Dict[str, Any], message: Dict[str, Any], replayed: bool) -> Optional[Trade]:
         trade_id = to_text(data.get("trade_id"))
-        if trade_id is not None:
-            if trade_id in self._trade_ids:
-                self.counters["duplicates"] += 1
-                return None
-            self._trade_ids.add(trade_id)
+        if trade_id is not None and not self._trade_ids.first_time(trade_id):
+            self._counters["duplicates"] += 1
+            return None
         return trade_from(data, message, replayed)
 
     def _position(self, data: Dict[str, Any], message: Dict[str, Any], replayed: bool) -> Optional[Position]:
@@ -599,145 +606,22 @@ _DECODERS: Dict[str, Callable[[ClearStreetProtocol, Dict[str, Any], Dict[str, An
 }
 
 
-def _pnl_applier(account: str, body: Any) -> Callable[[Protocol], Sequence[Output]]:
-    """``fn(protocol)`` for :meth:`Feed._apply`: a polled pnl-summary into the adapter."""
-
-    def apply(protocol: Protocol) -> Sequence[Output]:
-        assert isinstance(protocol, ClearStreetProtocol)
-        return protocol.pnl_update(account, body)
-
-    return apply
-
-
 # ================================================================= credentials
-class ClientCredentials:
-    """An OAuth2 client-credentials token provider that caches the token.
-
-    Calling it returns the cached access token, fetching a new one (``POST auth_url``)
-    when none is cached or the cached one is within ``refresh_margin`` seconds of its
-    ``expires_in`` (the margin is capped at half the lifetime). :meth:`invalidate`
-    forgets the cached token (the feed calls it when the server refuses the token).
-
-    Errors: 401/403 → :class:`AuthenticationError`, 429 → :class:`RateLimited`, network
-    and other HTTP failures → :class:`ConnectionFailed`. Messages never include the
-    secret or a token.
-    """
-
-    def __init__(
-        self,
-        client_id: str,
-        client_secret: str,
-        auth_url: str = "https://auth.clearstreet.io/oauth/token",
-        audience: str = "https://api.clearstreet.io",
-        *,
-        refresh_margin: float = 300.0,
-        timeout: float = 10.0,
-        verify: Union[bool, str] = True,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        if not client_id or not client_secret:
-            raise ValueError("client_id and client_secret are required")
-        self.client_id = client_id
-        self._secret = client_secret
-        self.auth_url = auth_url
-        self.audience = audience
-        self.refresh_margin = refresh_margin
-        self.timeout = timeout
-        self.verify = verify
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._token: Optional[str] = None
-        self._renew_at = 0.0
-        self.fetches = 0  #: how many tokens were fetched (for tests and diagnostics)
-        redactor = Redactor()
-        redactor.add(client_secret)
-        self._rest = RestClient(auth_url, verify=verify, timeout=timeout, redactor=redactor,
-                                error_text=_oauth_error_text)
-
-    def __repr__(self) -> str:
-        return f"ClientCredentials(client_id={self.client_id!r}, client_secret=***)"
-
-    @property
-    def secrets(self) -> Tuple[str, ...]:
-        """Values a feed must mask in its logs (the client secret and the cached token)."""
-        return tuple(s for s in (self._secret, self._token) if s)
-
-    def __call__(self) -> str:
-        with self._lock:
-            if self._token is None or self._clock() >= self._renew_at:
-                self._fetch()
-            assert self._token is not None
-            return self._token
-
-    def invalidate(self) -> None:
-        """Forget the cached token: the next call fetches a new one."""
-        with self._lock:
-            self._token = None
-
-    def _fetch(self) -> None:
-        body = {"grant_type": "client_credentials", "client_id": self.client_id,
-                "client_secret": self._secret, "audience": self.audience}
-        reply = self._rest.post("", url=self.auth_url, json=body)
-        token = reply.get("access_token") if isinstance(reply, dict) else None
-        if not isinstance(token, str) or not token:
-            raise ProtocolError("token response has no access_token")
-        lifetime = to_decimal(reply.get("expires_in"))
-        seconds = float(lifetime) if lifetime is not None else 86400.0
-        self._token = token
-        self._renew_at = self._clock() + max(0.0, seconds - min(self.refresh_margin, seconds / 2))
-        self.fetches += 1
+AUTH_URL = "https://auth.clearstreet.io/oauth/token"
+AUDIENCE = "https://api.clearstreet.io"
 
 
-def _oauth_error_text(body: Any) -> Optional[str]:
-    """An OAuth2 error reply's explanation (``error_description``, else ``error``)."""
-    if isinstance(body, dict):
-        return to_text(first(body.get("error_description"), body.get("error")))
-    return None
+class ClientCredentials(OAuth2ClientCredentials):
+    """Clear Street's OAuth2 client credentials: :class:`brokerfeeds.auth.ClientCredentials`
+    with Clear Street's token endpoint and audience as defaults."""
 
-
-# ================================================================= mark persistence
-class MarkStore:
-    """Where a :class:`ClearStreetFeed` persists its sequence marks (``sequence_store=``).
-
-    Subclass and implement both methods (or pass any object that has them). ``load``
-    runs once when the feed starts; ``save`` runs on the feed's REST thread every
-    ``store_interval`` seconds while marks change, and once more when the feed stops.
-    """
-
-    def load(self) -> Mapping[str, Any]:
-        """The marks saved last (``{}`` if none)."""
-        raise NotImplementedError
-
-    def save(self, marks: Mapping[str, Mark]) -> None:
-        """Persist ``marks`` (``{account: {"sequence": n, "trading_day": day}}``)."""
-        raise NotImplementedError
-
-
-class JsonFileMarkStore(MarkStore):
-    """Marks kept in a small JSON file (written atomically)."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-
-    def load(self) -> Mapping[str, Any]:
-        try:
-            with open(self.path, encoding="utf-8") as fh:
-                data = json.load(fh)
-        except FileNotFoundError:
-            return {}
-        return data if isinstance(data, dict) else {}
-
-    def save(self, marks: Mapping[str, Mark]) -> None:
-        import os
-
-        tmp = f"{self.path}.tmp"
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(dict(marks), fh, sort_keys=True)
-        os.replace(tmp, self.path)
+    def __init__(self, client_id: str, client_secret: str, auth_url: str = AUTH_URL,
+                 audience: Optional[str] = AUDIENCE, **kwargs: Any) -> None:
+        super().__init__(client_id, client_secret, auth_url, audience, **kwargs)
 
 
 # ================================================================= the feed
-class ClearStreetFeed(Feed):
+class ClearStreetFeed(Feed[ClearStreetProtocol]):
     """Clear Street Studio activity feed: orders, fills, positions, buying power, locates.
 
     Pass exactly one of ``access_token`` (a fixed bearer token) or ``token_provider`` (a
@@ -763,6 +647,7 @@ class ClearStreetFeed(Feed):
     """
 
     broker = BROKER
+    EVENT_KINDS = {**Feed.EVENT_KINDS, LocateInventory: "locate", ReplayComplete: "replay_complete"}
 
     def __init__(
         self,
@@ -804,8 +689,8 @@ class ClearStreetFeed(Feed):
         cls,
         client_id: str,
         client_secret: str,
-        auth_url: str = "https://auth.clearstreet.io/oauth/token",
-        audience: str = "https://api.clearstreet.io",
+        auth_url: str = AUTH_URL,
+        audience: str = AUDIENCE,
         **kwargs: Any,
     ) -> ClientCredentials:
         """A token provider for ``token_provider=``: OAuth2 client credentials, cached until
@@ -842,21 +727,15 @@ class ClearStreetFeed(Feed):
     @property
     def marks(self) -> Dict[str, Mark]:
         """The per-account sequence marks: ``{account: {"sequence": n, "trading_day": day}}``."""
-        with self._lock:
-            protocol = self._protocol
-            if isinstance(protocol, ClearStreetProtocol):
-                return protocol.export_marks()
-            return {k: dict(v) for k, v in self._marks.items()}
+        live = self._query(lambda protocol: protocol.export_marks(), None)
+        return live if live is not None else {k: dict(v) for k, v in self._marks.items()}
 
     def restore_marks(self, marks: Mapping[str, Any]) -> None:
         """Adopt marks saved from an earlier run (before :meth:`start`, or while running)."""
         scratch = ClearStreetProtocol(marks=self._marks)
         scratch.restore_marks(marks)
-        with self._lock:
-            self._marks = scratch.export_marks()
-            protocol = self._protocol
-            if isinstance(protocol, ClearStreetProtocol):
-                protocol.restore_marks(marks)
+        self._marks = scratch.export_marks()
+        self._apply(lambda protocol: protocol.restore_marks(marks))
 
     def stop(self, timeout: float = 5.0) -> bool:
         ended = super().stop(timeout)
@@ -865,9 +744,9 @@ class ClearStreetFeed(Feed):
 
     # ------------------------------------------------------------- engine hooks
     def _new_protocol(self) -> ClearStreetProtocol:
-        previous = self._protocol
-        if isinstance(previous, ClearStreetProtocol):
-            self._marks = previous.export_marks()  # a restarted feed keeps its marks
+        previous = self._query(lambda protocol: protocol.export_marks(), None)
+        if previous is not None:
+            self._marks = previous  # a restarted feed keeps its marks
         if self.sequence_store is not None:
             scratch = ClearStreetProtocol(marks=self._marks)
             scratch.restore_marks(self.sequence_store.load() or {})
@@ -875,16 +754,13 @@ class ClearStreetFeed(Feed):
         self._saved_marks = {k: dict(v) for k, v in self._marks.items()}
         return ClearStreetProtocol(self.replay_timeout, marks=self._marks)
 
+    def _credentials_refused(self) -> None:
+        """The server refused the last token: a cached one must not be reused."""
+        invalidate = getattr(self._provider, "invalidate", None)
+        if callable(invalidate):
+            invalidate()
+
     def _connect_target(self) -> ConnectTarget:
-        with self._lock:
-            protocol = self._protocol
-            refused = isinstance(protocol, ClearStreetProtocol) and protocol.token_refused
-            if refused:
-                protocol.token_refused = False  # type: ignore[union-attr]
-        if refused:  # the server refused the last token: do not reuse a cached one
-            invalidate = getattr(self._provider, "invalidate", None)
-            if callable(invalidate):
-                invalidate()
         try:
             token = self._tokens.current()
         except BrokerFeedsError:
@@ -893,38 +769,32 @@ class ClearStreetFeed(Feed):
             raise ConnectionFailed(self._redactor.redact(f"token provider failed: {type(exc).__name__}: {exc}")) \
                 from None
         self._register_secret(token)
-        with self._lock:
-            if isinstance(self._protocol, ClearStreetProtocol):
-                self._protocol.token = token
+        self._apply(lambda protocol: protocol.use_token(token))
         return ConnectTarget(self.url)
 
-    def _retry_auth(self, error: AuthenticationError) -> bool:
-        invalidate = getattr(self._provider, "invalidate", None)
-        if callable(invalidate):
-            invalidate()
+    def _retry_auth(self, error: BaseException) -> bool:
+        self._credentials_refused()
         try:
             return self._tokens.refresh()
         except Exception:  # noqa: BLE001
             return False
 
-    def _periodic_jobs(self) -> Sequence[Tuple[float, Callable[[], Sequence[Output]], str, bool]]:
-        jobs: List[Tuple[float, Callable[[], Sequence[Output]], str, bool]] = []
+    def _periodic_jobs(self) -> Sequence[PeriodicJob]:
+        jobs: List[PeriodicJob] = []
         if self.poll_pnl:
-            jobs.append((self.poll_pnl, self._poll_pnl, "pnl poll", True))
+            jobs.append(PeriodicJob("pnl poll", self.poll_pnl, self._poll_pnl))
         if self.sequence_store is not None:
-            jobs.append((self.store_interval, self._store_job, "mark store", False))
+            jobs.append(PeriodicJob("mark store", self.store_interval, self._save_marks, when_ready=False))
         return jobs
 
-    def _after_ready(self, reconnect: bool) -> Sequence[Output]:
+    def _after_ready(self, reconnect: bool) -> None:
         if self.poll_pnl:
             self._poll_pnl()
-        return ()
 
-    def _poll_pnl(self) -> Sequence[Output]:
+    def _poll_pnl(self) -> None:
         for account in self.accounts:
             body = self._rest_with_token("GET", f"accounts/{account}/pnl-summary")
-            self._apply(_pnl_applier(account, body))
-        return ()
+            self._apply(lambda protocol: protocol.pnl_update(account, body))
 
     def _rest_with_token(self, method: str, path: str) -> Any:
         """A REST call with the bearer token; one retry with a fresh token after a 401/403."""
@@ -937,10 +807,6 @@ class ClearStreetFeed(Feed):
                     raise
         return None  # pragma: no cover
 
-    def _store_job(self) -> Sequence[Output]:
-        self._save_marks()
-        return ()
-
     def _save_marks(self) -> None:
         store = self.sequence_store
         if store is None:
@@ -951,8 +817,7 @@ class ClearStreetFeed(Feed):
         try:
             store.save(marks)
         except Exception as exc:  # noqa: BLE001 - a failing store must not take the feed down
-            self._log.warning("saving sequence marks failed: %r", exc)
-            self._dispatcher.put("error", BrokerFeedsError(f"saving sequence marks failed: {exc!r}"))
+            self._report(BrokerFeedsError(f"saving sequence marks failed: {exc!r}"))
             return
         self._saved_marks = marks
 
@@ -960,9 +825,3 @@ class ClearStreetFeed(Feed):
         if isinstance(body, dict):  # RFC 9457 problem details
             return to_text(first(body.get("detail"), body.get("title"), body.get("message"), body.get("error")))
         return None
-
-    def _extra_stats(self) -> Dict[str, int]:
-        protocol = self._protocol
-        if isinstance(protocol, ClearStreetProtocol):
-            return dict(protocol.counters)
-        return {}

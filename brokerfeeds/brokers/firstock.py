@@ -60,7 +60,7 @@ import json
 import re
 import urllib.parse
 from decimal import Decimal, InvalidOperation
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 from ..errors import (
     AuthenticationError,
@@ -70,7 +70,7 @@ from ..errors import (
     SessionLimitError,
 )
 from ..events import Notice, Order, OrderStatus, PnL, Position, Quote, Trade
-from ..feed import Feed
+from ..feed import Feed, PeriodicJob
 from ..protocol import (
     Fatal,
     Output,
@@ -78,6 +78,7 @@ from ..protocol import (
     RawMessage,
     Ready,
     Reconnect,
+    Refresh,
     Send,
     Subscription,
     excerpt,
@@ -300,8 +301,9 @@ class FirstockProtocol(Protocol):
         self.pnl = ChangeTracker[PnL]()
         self.quotes = Snapshots(keep=keep_tick_value)
         self._order_fields: Dict[str, Dict[str, Any]] = {}
-        #: Set when an order became final without fill fields: the feed re-reads the order book.
-        self.order_refresh_needed = False
+
+    def counters(self) -> Mapping[str, int]:
+        return {"stale_order_updates": self.orders.refused}
 
     # ------------------------------------------------------------- connection
     def on_open(self, now: float) -> List[Output]:
@@ -414,7 +416,7 @@ class FirstockProtocol(Protocol):
         filled, avg = order.filled_quantity, order.avg_price
         fill_unknown = filled is None or (filled > 0 and avg is None)
         if order.status.is_final and order.status is not OrderStatus.REJECTED and fill_unknown and self.can_refresh:
-            self.order_refresh_needed = True
+            out.append(Refresh("orders"))  # the feed re-reads the order book to learn the fills
         if seed and not known:
             self.fills.seed(order)  # filled before we started: history, not a new fill
             return out
@@ -432,11 +434,6 @@ class FirstockProtocol(Protocol):
                 time=_epoch_seconds(raw.get("fltm")) or order.time, exchange=order.exchange, raw=raw,
             ))
         return out
-
-    def take_order_refresh(self) -> bool:
-        """True (once) if an order book refresh was requested."""
-        needed, self.order_refresh_needed = self.order_refresh_needed, False
-        return needed
 
     # ------------------------------------------------------------- positions and P&L
     def _on_position(self, raw: Dict[str, Any]) -> List[Output]:
@@ -457,8 +454,9 @@ class FirstockProtocol(Protocol):
             realized=to_decimal(raw.get("rpnl")), unrealized=None, raw=raw,
         )
 
-    def positions_from_rest(self, rows: Any) -> List[Output]:
-        """Position events for REST ``positionBook`` rows that changed."""
+    def positions_from(self, rows: Any, account: Optional[str] = None) -> List[Output]:
+        """Position events for REST ``positionBook`` rows that changed (``account`` is
+        the default for rows without a ``userId``)."""
         out: List[Output] = []
         for row in rows if isinstance(rows, list) else []:
             if not isinstance(row, dict):
@@ -466,7 +464,7 @@ class FirstockProtocol(Protocol):
             out.extend(self._position(
                 symbol=to_text(first(row.get("tradingSymbol"), row.get("token"))) or "",
                 exchange=to_text(row.get("exchange")), token=to_text(row.get("token")),
-                product=to_text(row.get("product")), account=to_text(row.get("userId")),
+                product=to_text(row.get("product")), account=to_text(first(row.get("userId"), account)),
                 quantity=to_decimal(first(row.get("netQuantity"), row.get("netqty"))),
                 avg=to_decimal(first(row.get("netAveragePrice"), row.get("netavgprc"))),
                 realized=to_decimal(first(row.get("RealizedPNL"), row.get("realizedPNL"), row.get("rpnl"))),
@@ -590,7 +588,7 @@ def _order_from(fields: Dict[str, Any], raw: Dict[str, Any], user_id: str) -> Or
 
 
 # ====================================================================== the feed
-class FirstockFeed(Feed):
+class FirstockFeed(Feed[FirstockProtocol]):
     """Firstock's WebSocket: orders, positions and quotes, plus REST reconciliation.
 
     ``user_id`` and ``jkey`` (the ``susertoken`` from :meth:`login`) are passed explicitly;
@@ -645,6 +643,7 @@ class FirstockFeed(Feed):
         self.poll_pnl = poll_pnl
         self.reconcile = reconcile
         self.order_refresh_interval = order_refresh_interval
+        self.refresh_interval = order_refresh_interval
         self._jkey = jkey.strip()
 
     # ------------------------------------------------------------- subscriptions
@@ -731,45 +730,33 @@ class FirstockFeed(Feed):
             raise AuthenticationError(f"{endpoint}: {reason}")
         raise ConnectionFailed(f"{endpoint} failed: {reason}")
 
-    def _after_ready(self, reconnect: bool) -> Sequence[Output]:
+    def _after_ready(self, reconnect: bool) -> None:
         """Reconcile orders and positions from REST (only changes produce events)."""
         if not self.reconcile:
-            return ()
+            return
         orders = self._rest_call("orderBook")
         if reconnect:
             self._log.info("reconciling %d order(s) from REST", len(orders))
-        self._apply(lambda p: p.merge_orders(orders, rest=True, seed=not reconnect))  # type: ignore[attr-defined]
+        self._apply(lambda protocol: protocol.merge_orders(orders, rest=True, seed=not reconnect))
         positions = self._rest_call("positionBook")
-        self._apply(lambda p: p.positions_from_rest(positions))  # type: ignore[attr-defined]
+        self._apply(lambda protocol: protocol.positions_from(positions, self.user_id))
         if self.poll_pnl:
-            self._apply(lambda p: p.pnl_from_rest(positions))  # type: ignore[attr-defined]
-        return ()
+            self._apply(lambda protocol: protocol.pnl_from_rest(positions))
 
-    def _poll_pnl(self) -> Sequence[Output]:
+    def _poll_pnl(self) -> None:
         rows = self._rest_call("positionBook")
-        self._apply(lambda p: p.pnl_from_rest(rows))  # type: ignore[attr-defined]
-        return ()
+        self._apply(lambda protocol: protocol.pnl_from_rest(rows))
 
-    def _refresh_orders(self) -> Sequence[Output]:
-        wanted: List[bool] = []
-
-        def take(protocol: Protocol) -> List[Output]:
-            wanted.append(protocol.take_order_refresh())  # type: ignore[attr-defined]
-            return []
-
-        self._apply(take)
-        if wanted and wanted[0]:
+    def _refresh(self, what: str) -> None:
+        """The adapter asked for the order book (an order's fills were not in its frame)."""
+        if what == "orders" and self.reconcile:
             orders = self._rest_call("orderBook")
-            self._apply(lambda p: p.merge_orders(orders, rest=True))  # type: ignore[attr-defined]
-        return ()
+            self._apply(lambda protocol: protocol.merge_orders(orders, rest=True))
 
-    def _periodic_jobs(self) -> Sequence[Tuple[float, Callable[[], Sequence[Output]], str, bool]]:
-        jobs: List[Tuple[float, Callable[[], Sequence[Output]], str, bool]] = []
-        if self.reconcile:
-            jobs.append((self.order_refresh_interval, self._refresh_orders, "order refresh", True))
+    def _periodic_jobs(self) -> Sequence[PeriodicJob]:
         if self.poll_pnl:
-            jobs.append((self.poll_pnl, self._poll_pnl, "pnl poll", True))
-        return jobs
+            return [PeriodicJob("pnl poll", self.poll_pnl, self._poll_pnl)]
+        return []
 
     def _rest_error_text(self, body: Any) -> Optional[str]:
         return _rest_reason(body)

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import json
 from decimal import Decimal
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 from ..errors import AuthenticationError, ProtocolError
 from ..events import (
@@ -52,7 +52,7 @@ from ..events import (
     Quote,
     Trade,
 )
-from ..feed import Feed
+from ..feed import Feed, PeriodicJob
 from ..protocol import (
     NotReady,
     Output,
@@ -66,7 +66,7 @@ from ..protocol import (
     first,
     parse_json,
 )
-from ..state import ChangeTracker, OrderTracker, Snapshots, map_order_status, side_of, status_table
+from ..state import ChangeTracker, OrderTracker, SeenIds, SnapshotBook, Snapshots, map_order_status, side_of, status_table
 from ..transport import ConnectTarget
 from ..values import from_epoch_ms, loads, to_decimal, to_text
 
@@ -144,10 +144,10 @@ class IbkrProtocol(Protocol):
         self._pnl_fields = Snapshots()
         self._pnl = ChangeTracker[PnL]()
         self._balances = Snapshots()
-        self._trade_ids: Set[str] = set()
+        self._trade_ids = SeenIds()
         self._quote_sent: Dict[str, float] = {}  # conid -> last smd send (for the expiry re-send)
         self._quote_frames: Dict[str, str] = {}
-        self.positions = ChangeTracker[Position]()
+        self.positions = SnapshotBook[Position]()
         self._topics: Dict[str, Callable[[Dict[str, Any]], List[Output]]] = {
             "sor": self._on_orders,
             "str": self._on_trades,
@@ -174,7 +174,7 @@ class IbkrProtocol(Protocol):
             if sub.kind == _ORDERS:
                 out.append(Send("sor+{}"))
             elif sub.kind == _TRADES:
-                out.append(Send("str+" + json.dumps(dict(sub.params)) if sub.params else "str+{}"))  # type: ignore[arg-type]
+                out.append(Send("str+" + json.dumps(_params(sub)) if sub.params else "str+{}"))
             elif sub.kind == _PNL:
                 out.append(Send("spl+{}"))
             elif sub.kind == _QUOTES:
@@ -295,7 +295,13 @@ class IbkrProtocol(Protocol):
         return self.merge_orders(args if isinstance(args, list) else [args] if isinstance(args, dict) else [])
 
     def merge_orders(self, updates: Iterable[Any]) -> List[Output]:
-        """Merge (partial) order dicts in order; an :class:`Order` for each that changed."""
+        """Merge (partial) order dicts in order; an :class:`Order` for each that changed.
+
+        The input for ``sor`` frames and for REST snapshots alike. An update that would
+        move an order backwards (see :class:`~brokerfeeds.state.OrderTracker`) is refused
+        whole: its fields are not merged either, so a later partial update is built on
+        the state the user last saw.
+        """
         out: List[Output] = []
         for update in updates:
             if not isinstance(update, dict) or update.get("orderId") is None:
@@ -303,11 +309,19 @@ class IbkrProtocol(Protocol):
             key = str(update["orderId"])
             if "bgColor" in update or "fgColor" in update:
                 update = {k: v for k, v in update.items() if k not in ("bgColor", "fgColor")}
-            merged = self._order_fields.merge(key, update)
-            order = self.orders.update_order(order_from(merged))
+            merged = self._order_fields.preview(key, update)
+            candidate = order_from(merged)
+            if not self.orders.accepts(key, candidate):
+                self.orders.refused += 1
+                continue
+            self._order_fields.replace(key, merged)
+            order = self.orders.update(key, candidate)
             if order is not None:
                 out.append(order)
         return out
+
+    def counters(self) -> Mapping[str, int]:
+        return {"stale_order_updates": self.orders.refused}
 
     def _on_trades(self, message: Dict[str, Any]) -> List[Output]:
         args = message.get("args")
@@ -316,10 +330,8 @@ class IbkrProtocol(Protocol):
             if not isinstance(raw, dict):
                 continue
             trade_id = to_text(raw.get("execution_id"))
-            if trade_id is not None:
-                if trade_id in self._trade_ids:
-                    continue  # history re-sent after a reconnect
-                self._trade_ids.add(trade_id)
+            if trade_id is not None and not self._trade_ids.first_time(trade_id):
+                continue  # history re-sent after a reconnect
             out.append(Trade(
                 broker=BROKER,
                 account=to_text(first(raw.get("account"), raw.get("accountCode"))),
@@ -416,19 +428,13 @@ class IbkrProtocol(Protocol):
 
     # ------------------------------------------------------------- REST results
     def positions_from(self, rows: Any, account: str) -> List[Output]:
-        """Position events for rows of ``/portfolio/{acct}/positions/0`` that changed.
-
-        A position missing from the snapshot was closed: it is reported once with
-        quantity 0 and then forgotten.
-        """
-        out: List[Output] = []
-        seen = set()
+        """Position events for a full ``/portfolio/{acct}/positions/0`` snapshot of ``account``:
+        the changed ones, and closed ones once (quantity 0)."""
+        items: List[Tuple[Tuple[str, str], Position]] = []
         for row in rows if isinstance(rows, list) else []:
             if not isinstance(row, dict) or row.get("conid") is None:
                 continue
-            key = (account, str(row["conid"]))
-            seen.add(key)
-            position = Position(
+            items.append(((account, str(row["conid"])), Position(
                 broker=BROKER,
                 account=to_text(first(row.get("acctId"), account)),
                 symbol=to_text(first(row.get("ticker"), row.get("contractDesc"), row.get("conid"))) or "",
@@ -439,20 +445,16 @@ class IbkrProtocol(Protocol):
                 exchange=to_text(row.get("listingExchange")),
                 instrument=str(row["conid"]),
                 raw=row,
-            )
-            if self.positions.update(key, position) is not None:
-                out.append(position)
-        for known in self.positions.keys():
-            key = known  # type: ignore[assignment]
-            if key not in seen and key[0] == account:
-                closed = self.positions.get(key)
-                self.positions.forget(key)
-                if closed is not None and closed.quantity:
-                    out.append(Position(broker=BROKER, account=closed.account, symbol=closed.symbol,
-                                        quantity=Decimal(0), avg_price=None, realized_pnl=closed.realized_pnl,
-                                        unrealized_pnl=Decimal(0), exchange=closed.exchange,
-                                        instrument=closed.instrument, raw=None))
-        return out
+            )))
+        return list(self.positions.apply_snapshot(items, lambda key: _account_key(key) == account))
+
+
+def _account_key(key: Any) -> Any:
+    return key[0] if isinstance(key, tuple) else None
+
+
+def _params(sub: Subscription) -> Dict[str, Any]:
+    return {str(name): value for name, value in (p for p in sub.params if isinstance(p, tuple))}
 
 
 def _lookup(values: Dict[str, Any], name: str) -> Any:
@@ -465,7 +467,7 @@ def _lookup(values: Dict[str, Any], name: str) -> Any:
     return None
 
 
-class IbkrFeed(Feed):
+class IbkrFeed(Feed[IbkrProtocol]):
     """Interactive Brokers Client Portal Gateway feed.
 
     ``verify`` is True (verify TLS), False (the gateway's self-signed certificate; a
@@ -568,39 +570,36 @@ class IbkrFeed(Feed):
         cookie = "api=" + json.dumps({"session": self._session})
         return ConnectTarget(self.url, cookie=cookie)
 
-    def _after_ready(self, reconnect: bool) -> Sequence[Output]:
+    def _after_ready(self, reconnect: bool) -> None:
         """Reconcile the order book from REST (only orders that changed produce events)."""
         if self.poll_positions:
             self._poll_positions()
         if not any(s.kind == _ORDERS for s in self.subscriptions):
-            return ()
+            return
         self.rest.get("iserver/accounts")  # required before the order endpoints
         self.rest.get("iserver/account/orders", params={"force": "true"})  # clears the gateway cache
         reply = self.rest.get("iserver/account/orders")
         orders = reply.get("orders") if isinstance(reply, dict) else reply
         if reconnect:
             self._log.info("reconciling %d order(s) from REST", len(orders or ()))
-        self._apply(lambda protocol: protocol.merge_orders(orders or ()))  # type: ignore[attr-defined]
-        return ()
+        self._apply(lambda protocol: protocol.merge_orders(orders or ()))
 
-    def _poll_positions(self) -> Sequence[Output]:
-        account = self.account or getattr(self._protocol, "account", None)
+    def _poll_positions(self) -> None:
+        account = self.account or self._query(lambda protocol: protocol.account, None)
         if account is None:
             accounts = self.rest.get("portfolio/accounts") or []
             account = accounts[0].get("accountId") if accounts and isinstance(accounts[0], dict) else None
         if account is None:
             raise ProtocolError("cannot poll positions: no account known")
-        self.rest.post(f"portfolio/{account}/positions/invalidate")
-        rows = self.rest.get(f"portfolio/{account}/positions/0")
-        self._apply(lambda protocol: protocol.positions_from(rows, account))  # type: ignore[attr-defined]
-        return ()
+        known: str = str(account)
+        self.rest.post(f"portfolio/{known}/positions/invalidate")
+        rows = self.rest.get(f"portfolio/{known}/positions/0")
+        self._apply(lambda protocol: protocol.positions_from(rows, known))
 
-    def _periodic_jobs(self) -> Sequence[Tuple[float, Callable[[], Sequence[Output]], str, bool]]:
-        jobs: List[Tuple[float, Callable[[], Sequence[Output]], str, bool]] = [
-            (self.tickle_interval, lambda: (self._tickle(), ())[1], "tickle", False),
-        ]
+    def _periodic_jobs(self) -> Sequence[PeriodicJob]:
+        jobs = [PeriodicJob("tickle", self.tickle_interval, self._tickle, when_ready=False)]
         if self.poll_positions:
-            jobs.append((self.poll_positions, self._poll_positions, "position poll", True))
+            jobs.append(PeriodicJob("position poll", self.poll_positions, self._poll_positions))
         return jobs
 
     def _rest_error_text(self, body: Any) -> Optional[str]:

@@ -55,15 +55,15 @@ from __future__ import annotations
 import datetime as _dt
 import threading
 from decimal import Decimal
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, TypeVar, Union
+from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Mapping, Optional, Sequence, Tuple, TypeVar, Union
 from urllib.parse import parse_qs, urlsplit
 
 from ..auth import TokenProvider, TokenSource
 from ..errors import AuthenticationError, BrokerFeedsError, ConnectionFailed
 from ..events import GttOrder, Holding, Order, OrderStatus, PnL, Position, Trade
-from ..feed import Feed
+from ..feed import Feed, PeriodicJob
 from ..protocol import Output, Protocol, RawMessage, Reconnect, Subscription, first, parse_json
-from ..state import ChangeTracker, FillTracker, OrderTracker, map_order_status, side_of, status_table
+from ..state import ChangeTracker, FillTracker, OrderTracker, SnapshotBook, map_order_status, side_of, status_table
 from ..transport import ConnectTarget
 from ..values import to_decimal, to_text
 
@@ -229,8 +229,9 @@ class UpstoxProtocol(Protocol):
     """Sans-I/O adapter for the portfolio stream feed.
 
     ``authorized`` is the set of ``update_types`` the current connection was authorized
-    for (the feed sets it before each connect); asking for anything else while
-    connected answers :class:`Reconnect`, since the protocol has no subscribe message.
+    for (the feed tells it with :meth:`authorize` before each connect); asking for
+    anything else while connected answers :class:`Reconnect`, since the protocol has no
+    subscribe message.
     """
 
     broker = BROKER
@@ -238,11 +239,11 @@ class UpstoxProtocol(Protocol):
 
     def __init__(self, account: Optional[str] = None) -> None:
         self.account = account
-        self.authorized: frozenset = frozenset()
+        self.authorized: FrozenSet[str] = frozenset()
         self.orders = OrderTracker()
         self.fills = FillTracker()
-        self.positions: ChangeTracker[Position] = ChangeTracker()
-        self.holdings: ChangeTracker[Holding] = ChangeTracker()
+        self.positions = SnapshotBook[Position]()
+        self.holdings = SnapshotBook[Holding]()
         self.pnl: ChangeTracker[PnL] = ChangeTracker()
         self._gtt: ChangeTracker[Tuple[Any, ...]] = ChangeTracker()
         self._symbols: Dict[str, str] = {}  # instrument_key -> trading symbol, learned as we go
@@ -252,6 +253,21 @@ class UpstoxProtocol(Protocol):
             "holding": lambda m: self._holdings([m], snapshot=False),
             "gtt_order": lambda m: self.gtt_from([m]),
         }
+
+    # ------------------------------------------------------------- inputs from the feed
+    def authorize(self, update_types: Iterable[str]) -> List[Output]:
+        """The next connection is authorized for ``update_types`` (called before each connect)."""
+        self.authorized = frozenset(update_types)
+        return []
+
+    def learn_account(self, account: str) -> List[Output]:
+        """The account (user id) learned from REST, if the stream has not told it yet."""
+        if self.account is None:
+            self.account = account
+        return []
+
+    def counters(self) -> Mapping[str, int]:
+        return {"stale_order_updates": self.orders.refused}
 
     # ------------------------------------------------------------- subscriptions
     def subscribe(self, subs: Sequence[Subscription], now: float) -> List[Output]:
@@ -328,8 +344,11 @@ class UpstoxProtocol(Protocol):
         return out
 
     # ------------------------------------------------------------- positions and P&L
-    def positions_from(self, rows: Iterable[Any]) -> List[Output]:
-        """Positions from a full REST snapshot: changed ones, and closed ones once (quantity 0)."""
+    def positions_from(self, rows: Iterable[Any], account: Optional[str] = None) -> List[Output]:
+        """Positions from a full REST snapshot: changed ones, and closed ones once (quantity 0).
+
+        ``account`` is accepted for the signature every adapter shares; Upstox's
+        snapshot is always the one account of the token."""
         return self._positions(rows, snapshot=True)
 
     def _symbol(self, raw: Dict[str, Any]) -> str:
@@ -349,19 +368,16 @@ class UpstoxProtocol(Protocol):
         return self._symbols.get(instrument) or instrument
 
     def _positions(self, rows: Iterable[Any], snapshot: bool) -> List[Output]:
-        out: List[Output] = []
-        seen = set()
+        items: List[Tuple[Tuple[Optional[str], Optional[str]], Position]] = []
         for raw in rows:
-            if not isinstance(raw, dict) or _instrument(raw) is None:
+            instrument = _instrument(raw) if isinstance(raw, dict) else None
+            if instrument is None:
                 continue
-            instrument = _instrument(raw)
-            key = (instrument, to_text(raw.get("product")))
-            seen.add(key)
             quantity = to_decimal(raw.get("quantity"))
             avg = _nonzero(raw.get("average_price"))
             if avg is None and quantity:
                 avg = _nonzero(raw.get("buy_price") if quantity > 0 else raw.get("sell_price"))
-            position = Position(
+            items.append(((instrument, to_text(raw.get("product"))), Position(
                 broker=BROKER,
                 account=self.account,
                 symbol=self._symbol(raw),
@@ -372,21 +388,10 @@ class UpstoxProtocol(Protocol):
                 exchange=_exchange(raw.get("exchange")),
                 instrument=instrument,
                 raw=raw,
-            )
-            if self.positions.update(key, position) is not None:
-                out.append(position)
+            )))
         if snapshot:
-            for old_key in self.positions.keys():
-                if old_key in seen:
-                    continue
-                closed = self.positions.get(old_key)
-                self.positions.forget(old_key)
-                if closed is not None and closed.quantity:
-                    out.append(Position(broker=BROKER, account=closed.account, symbol=closed.symbol,
-                                        quantity=Decimal(0), realized_pnl=closed.realized_pnl,
-                                        unrealized_pnl=Decimal(0) if closed.unrealized_pnl is not None else None,
-                                        exchange=closed.exchange, instrument=closed.instrument, raw=None))
-        return out
+            return list(self.positions.apply_snapshot(items))
+        return [position for key, position in items if self.positions.update(key, position) is not None]
 
     def pnl_from(self, rows: Iterable[Any]) -> List[Output]:
         """Account P&L totals from REST position rows (a :class:`PnL` only if they changed).
@@ -418,16 +423,14 @@ class UpstoxProtocol(Protocol):
         return self._holdings(rows, snapshot=True)
 
     def _holdings(self, rows: Iterable[Any], snapshot: bool) -> List[Output]:
-        out: List[Output] = []
-        seen = set()
+        items: List[Tuple[str, Holding]] = []
         for raw in rows:
             if not isinstance(raw, dict):
                 continue
             instrument = to_text(first(_instrument(raw), raw.get("isin")))
             if instrument is None:
                 continue
-            seen.add(instrument)
-            holding = Holding(
+            items.append((instrument, Holding(
                 broker=BROKER,
                 account=self.account,
                 symbol=self._symbol(raw),
@@ -436,20 +439,10 @@ class UpstoxProtocol(Protocol):
                 exchange=_exchange(raw.get("exchange")),
                 instrument=instrument,
                 raw=raw,
-            )
-            if self.holdings.update(instrument, holding) is not None:
-                out.append(holding)
+            )))
         if snapshot:
-            for key in self.holdings.keys():
-                if key in seen:
-                    continue
-                gone = self.holdings.get(key)
-                self.holdings.forget(key)
-                if gone is not None and gone.quantity:
-                    out.append(Holding(broker=BROKER, account=gone.account, symbol=gone.symbol,
-                                       quantity=Decimal(0), avg_price=gone.avg_price, exchange=gone.exchange,
-                                       instrument=gone.instrument, raw=None))
-        return out
+            return list(self.holdings.apply_snapshot(items))
+        return [holding for key, holding in items if self.holdings.update(key, holding) is not None]
 
     # ------------------------------------------------------------- GTT orders
     def gtt_from(self, rows: Iterable[Any]) -> List[Output]:
@@ -490,7 +483,7 @@ class UpstoxProtocol(Protocol):
 
 
 # ================================================================ the feed
-class UpstoxFeed(Feed):
+class UpstoxFeed(Feed[UpstoxProtocol]):
     """Upstox portfolio stream feed: orders, fills, positions, holdings, GTT orders.
 
     Pass exactly one of ``access_token`` (the daily token) or ``token_provider`` (a
@@ -510,6 +503,7 @@ class UpstoxFeed(Feed):
     """
 
     broker = BROKER
+    EVENT_KINDS = {**Feed.EVENT_KINDS, GttOrder: "gtt_order"}
     #: How often (seconds) the REST thread checks for the 03:30 IST token expiry.
     expiry_check_interval: float = 30.0
 
@@ -598,10 +592,7 @@ class UpstoxFeed(Feed):
         self._stage = "authorize"
         self._token = self._tokens.current()
         types = self.update_types
-        with self._lock:
-            protocol = self._protocol
-            if isinstance(protocol, UpstoxProtocol):
-                protocol.authorized = frozenset(types)
+        self._apply(lambda protocol: protocol.authorize(types))
         self._authorizations += 1
         reply = self.rest.get(AUTHORIZE_PATH, params={"update_types": ",".join(types)}, headers=self._headers())
         data = reply.get("data") if isinstance(reply, dict) else None
@@ -616,7 +607,7 @@ class UpstoxFeed(Feed):
         self._stage = "handshake"
         return ConnectTarget(uri)
 
-    def _retry_auth(self, error: AuthenticationError) -> bool:
+    def _retry_auth(self, error: BaseException) -> bool:
         """Ask the token provider once; a handshake rejection of a fresh URI also gets one
         more try with a newly authorized URI (the token itself was just accepted)."""
         refreshed = self._tokens.refresh()
@@ -634,16 +625,16 @@ class UpstoxFeed(Feed):
         with self._account_lock:
             if self._account is not None:
                 return
-            protocol = self._protocol
-            known = getattr(protocol, "account", None)
+            known = self._query(lambda protocol: protocol.account, None)
             if known is None:
                 profile = self._rest_data(PROFILE_PATH)
                 known = to_text(profile[0].get("user_id")) if profile else None
             self._account = known
         if known is not None:
-            self._apply(lambda p: _set_account(p, known))
+            account: str = known
+            self._apply(lambda protocol: protocol.learn_account(account))
 
-    def _after_ready(self, reconnect: bool) -> Sequence[Output]:
+    def _after_ready(self, reconnect: bool) -> None:
         """Reconcile from REST; only what changed while away produces events."""
         kinds = {s.kind for s in self.subscriptions} or {"orders"}
         steps: List[Tuple[str, Callable[[], Any]]] = [("account lookup", self._learn_account)]
@@ -662,42 +653,39 @@ class UpstoxFeed(Feed):
                 step()
             except BrokerFeedsError as exc:
                 self._report(type(exc)(f"{name} failed: {exc}"))
-        return ()
 
     def _reconcile_orders(self, reconnect: bool) -> None:
         rows = self._rest_data(ORDERS_PATH)
         if reconnect:
             self._log.info("reconciling %d order(s) from REST", len(rows))
-        self._apply(lambda p: p.merge_orders(rows, derive_fills=reconnect))  # type: ignore[attr-defined]
+        self._apply(lambda protocol: protocol.merge_orders(rows, derive_fills=reconnect))
 
-    def _poll_positions(self) -> Sequence[Output]:
+    def _poll_positions(self) -> None:
         rows = self._rest_data(POSITIONS_PATH)
         with_pnl = bool(self.poll_pnl)
-        self._apply(lambda p: p.positions_from(rows) + (p.pnl_from(rows) if with_pnl else []))  # type: ignore
-        return ()
+        self._apply(lambda protocol: protocol.positions_from(rows) + (protocol.pnl_from(rows) if with_pnl else []))
 
     def _reconcile_holdings(self) -> None:
         rows = self._rest_data(HOLDINGS_PATH)
-        self._apply(lambda p: p.holdings_from(rows))  # type: ignore[attr-defined]
+        self._apply(lambda protocol: protocol.holdings_from(rows))
 
     def _reconcile_gtt(self) -> None:
         rows = self._rest_data(GTT_PATH)
-        self._apply(lambda p: p.gtt_from(rows))  # type: ignore[attr-defined]
+        self._apply(lambda protocol: protocol.gtt_from(rows))
 
-    def _check_token_expiry(self) -> Sequence[Output]:
+    def _check_token_expiry(self) -> None:
         expires = self._token_expires_at
         if expires is not None and _dt.datetime.now(_dt.timezone.utc) >= expires:
             self._token_expires_at = None
             self._log.info("access token expired (03:30 IST): re-authorizing with a fresh token")
             self._request_reconnect("daily access-token expiry (03:30 IST)", immediate=True)
-        return ()
 
-    def _periodic_jobs(self) -> Sequence[Tuple[float, Callable[[], Sequence[Output]], str, bool]]:
-        jobs: List[Tuple[float, Callable[[], Sequence[Output]], str, bool]] = []
+    def _periodic_jobs(self) -> Sequence[PeriodicJob]:
+        jobs: List[PeriodicJob] = []
         if self.poll_pnl:
-            jobs.append((self.poll_pnl, self._poll_positions, "P&L poll", True))
+            jobs.append(PeriodicJob("P&L poll", self.poll_pnl, self._poll_positions))
         if self._has_provider:
-            jobs.append((self.expiry_check_interval, self._check_token_expiry, "token expiry check", True))
+            jobs.append(PeriodicJob("token expiry check", self.expiry_check_interval, self._check_token_expiry))
         return jobs
 
     def _rest_error_text(self, body: Any) -> Optional[str]:
@@ -714,15 +702,10 @@ class UpstoxFeed(Feed):
         text = "; ".join(p for p in parts if p)
         return text or to_text(first(body.get("message"), body.get("error")))
 
-    def _extra_stats(self) -> Dict[str, int]:
+    def _extra_stats(self) -> Mapping[str, int]:
         return {"authorizations": self._authorizations}
 
     def __repr__(self) -> str:
         return f"UpstoxFeed(rest_url={self.rest_url!r}, update_types={','.join(self.update_types)!r}, " \
                f"state={self._state!r})"
 
-
-def _set_account(protocol: Protocol, account: str) -> List[Output]:
-    if isinstance(protocol, UpstoxProtocol) and protocol.account is None:
-        protocol.account = account
-    return []
