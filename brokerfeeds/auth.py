@@ -11,6 +11,7 @@ from typing import Any, Callable, Optional, Tuple, Union
 from .errors import ProtocolError
 from .redact import Redactor
 from .rest import RestClient
+from .protocol import first
 from .values import to_decimal, to_text
 
 __all__ = ["TokenSource", "ClientCredentials", "TokenProvider"]
@@ -163,9 +164,3 @@ def _oauth_error_text(body: Any) -> Optional[str]:
         return to_text(first(body.get("error_description"), body.get("error")))
     return None
 
-
-def _oauth_error_text(body: Any) -> Optional[str]:
-    """An OAuth2 error reply's explanation (``error_description``, else ``error``)."""
-    if isinstance(body, dict):
-        return to_text(body.get("error_description") or body.get("error"))
-    return None

@@ -299,8 +299,9 @@ class Feed(abc.ABC, Generic[P]):
         ``extra`` holds broker counters, among them ``stale_order_updates``: order
         updates refused because they would have moved an order backwards.
         """
-        extra = dict(self._extra_stats())
-        extra.update(self._owner.query(lambda adapter: dict(adapter.counters()), {}))
+        extra: Dict[str, int] = dict(self._extra_stats())
+        none: Mapping[str, int] = {}
+        extra.update(self._owner.query(lambda adapter: adapter.counters(), none))
         return FeedStats(
             state=self._state,
             messages=self._messages,

@@ -215,9 +215,9 @@ def closed(item: Item) -> Item:
         unrealized = None if item.unrealized_pnl is None else Decimal(0)
         position: Position = attrs.evolve(item, quantity=Decimal(0), avg_price=None,
                                           unrealized_pnl=unrealized, raw=None)
-        return position  # type: ignore[return-value]  # Item is Position here
+        return position
     holding: Holding = attrs.evolve(item, quantity=Decimal(0), raw=None)
-    return holding  # type: ignore[return-value]  # Item is Holding here
+    return holding
 
 
 class SeenIds:

@@ -150,6 +150,12 @@ def _final(rec: Recorder, order_id: str) -> Order:
     return [o for o in rec.of("order") if o.order_id == order_id][-1]
 
 
+def _ended(rec: Recorder, **expected: OrderStatus) -> bool:
+    """Whether the last event of each order id (keyword) has the expected status."""
+    last: Dict[str, Order] = {o.order_id: o for o in rec.of("order")}
+    return all(order_id in last and last[order_id].status is status for order_id, status in expected.items())
+
+
 @pytest.mark.parametrize("dispatch", ["thread", "inline"])
 def test_ibkr_orders_never_move_backwards_while_reconciling(dispatch: str) -> None:
     with IbkrSimulator(hb_interval=0.1) as sim:
@@ -167,8 +173,7 @@ def test_ibkr_orders_never_move_backwards_while_reconciling(dispatch: str) -> No
                 sim.fill(cancelled, 4, 2.0)
                 sim.fill(filled, 6, 1.1)
                 sim.cancel(cancelled)
-                wait_until(lambda: _final(rec, filled).status is OrderStatus.FILLED
-                           and _final(rec, cancelled).status is OrderStatus.CANCELLED, timeout=5)
+                wait_until(lambda: _ended(rec, **{filled: OrderStatus.FILLED, cancelled: OrderStatus.CANCELLED}), timeout=5)
                 wait_until(lambda: sum("iserver/account/orders" in p for _, p in sim.requests) >= 2 * (round_ + 1),
                            timeout=5)
                 time.sleep(0.2)  # let any late reconciliation land: it must change nothing
@@ -192,8 +197,7 @@ def test_upstox_orders_never_move_backwards_while_reconciling() -> None:
             sim.fill(cancelled, 4, 700.0)
             sim.fill(filled, 6, 80.5)
             sim.cancel(cancelled)
-            wait_until(lambda: _final(rec, filled).status is OrderStatus.FILLED
-                       and _final(rec, cancelled).status is OrderStatus.CANCELLED, timeout=5)
+            wait_until(lambda: _ended(rec, **{filled: OrderStatus.FILLED, cancelled: OrderStatus.CANCELLED}), timeout=5)
             time.sleep(0.2)
         _check_history(rec.of("order"))
         assert _final(rec, cancelled).filled_quantity == 4
@@ -213,8 +217,7 @@ def test_firstock_orders_never_move_backwards_while_reconciling() -> None:
             sim.fill(cancelled, 4, 700.0)
             sim.fill(filled, 6, 8.1, fill_fields=False)
             sim.cancel(cancelled)
-            wait_until(lambda: _final(rec, filled).status is OrderStatus.FILLED
-                       and _final(rec, cancelled).status is OrderStatus.CANCELLED, timeout=5)
+            wait_until(lambda: _ended(rec, **{filled: OrderStatus.FILLED, cancelled: OrderStatus.CANCELLED}), timeout=5)
             time.sleep(0.3)  # the order book refresh the missing fill fields asked for
         _check_history(rec.of("order"))
         assert _final(rec, filled).filled_quantity == 10
@@ -236,8 +239,7 @@ def test_clearstreet_orders_never_move_backwards_while_polling() -> None:
             sim.set_pnl(day_pnl=12.5)
             sim.fill(filled, 6, 190.5)
             sim.cancel(cancelled)
-            wait_until(lambda: _final(rec, filled).status is OrderStatus.FILLED
-                       and _final(rec, cancelled).status is OrderStatus.CANCELLED, timeout=5)
+            wait_until(lambda: _ended(rec, **{filled: OrderStatus.FILLED, cancelled: OrderStatus.CANCELLED}), timeout=5)
             rec.wait_for("pnl", lambda p: p.daily_pnl == Decimal("12.5"))
         _check_history(rec.of("order"))
         assert _final(rec, cancelled).filled_quantity == 4

@@ -96,7 +96,7 @@ def describe(item: Any) -> str:
     return f"MESSAGE  {item!r}"
 
 
-def attach(feed: Feed, out: Out,
+def attach(feed: "Feed[Any]", out: Out,
            kinds: Tuple[str, ...] = ("order", "trade", "position", "pnl", "holding", "balance",
                                      "quote", "notice", "connect", "disconnect", "error",
                                      "gtt_order", "locate", "replay_complete")) -> None:
