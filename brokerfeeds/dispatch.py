@@ -259,7 +259,7 @@ class Dispatcher:
                 if self._quote_slots.get(entry.instrument) is entry:
                     del self._quote_slots[entry.instrument]
                 return ("quote", entry.event)
-        return entry  # type: ignore[no-any-return]
+        return entry  # type: ignore[no-any-return]  # the deque holds (kind, event) tuples and slots
 
     @property
     def delivered(self) -> int:

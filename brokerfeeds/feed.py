@@ -579,32 +579,30 @@ class Feed(abc.ABC, Generic[P]):
             kind = kinds.get(type(out))
             if kind is not None:
                 self._events += 1
-                if kind == "quote":
-                    dispatcher.put_quote(out.instrument, out)  # type: ignore[union-attr]  # kind says Quote
+                if kind == "quote" and isinstance(out, ev.Quote):
+                    dispatcher.put_quote(out.instrument, out)
                 else:
                     dispatcher.put(kind, out)
-                continue
-            cls = type(out)
-            if cls is Send:
+            elif isinstance(out, RawMessage):
+                dispatcher.put("message", out.message)
+            elif isinstance(out, Send):
                 supervisor = self._supervisor
                 if supervisor is not None:
                     if self._log.isEnabledFor(logging.DEBUG):
-                        self._log.debug("send %s", excerpt(out.frame))  # type: ignore[union-attr]
-                    supervisor.send(out.frame)  # type: ignore[union-attr]
-            elif cls is RawMessage:
-                dispatcher.put("message", out.message)  # type: ignore[union-attr]
-            elif cls is Report:
-                self._report(out.error)  # type: ignore[union-attr]
-            elif cls is Ready:
+                        self._log.debug("send %s", excerpt(out.frame))
+                    supervisor.send(out.frame)
+            elif isinstance(out, Report):
+                self._report(out.error)
+            elif isinstance(out, Ready):
                 self._on_ready(late)
-            elif cls is NotReady:
+            elif isinstance(out, NotReady):
                 self._owner.ready = False
-                self._log.warning("session not usable: %s", out.reason)  # type: ignore[union-attr]
+                self._log.warning("session not usable: %s", out.reason)
                 self._set_state("reconnecting")
-            elif cls is Refresh:
-                self._on_refresh(out.what)  # type: ignore[union-attr]
-            elif cls is Reconnect or cls is Fatal:
-                late.append(out)  # type: ignore[arg-type]
+            elif isinstance(out, Refresh):
+                self._on_refresh(out.what)
+            elif isinstance(out, (Reconnect, Fatal)):
+                late.append(out)
             elif isinstance(out, ev.Event):  # an event class this feed did not register
                 dispatcher.put("message", out)
             else:

@@ -61,7 +61,7 @@ class Redactor:
         return tuple(self.redact(i) for i in items)
 
 
-class RedactingLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
+class RedactingLogger(logging.LoggerAdapter):  # type: ignore[type-arg]  # generic only in typeshed, not at run time (3.9)
     """A logger adapter that formats the message first, then masks secrets in it.
 
     Exception tracebacks attached with ``exc_info`` are rendered and masked here too, so

@@ -16,7 +16,7 @@ from typing import Any, Callable, Dict, Optional
 try:  # the "fast" extra
     import orjson as _orjson
 except ImportError:  # pragma: no cover - exercised when the extra is absent
-    _orjson = None  # type: ignore[assignment]
+    _orjson = None  # type: ignore[assignment]  # the module or None: checked before each use
 
 __all__ = ["to_decimal", "to_text", "loads", "FAST_JSON", "from_epoch_ms", "utc"]
 
@@ -54,7 +54,7 @@ def to_decimal(value: Any) -> Optional[Decimal]:
                 if len(_TEXT_CACHE) >= _CACHE_SIZE:
                     _TEXT_CACHE.clear()
                 _TEXT_CACHE[value] = number
-        return number  # type: ignore[return-value]
+        return number  # type: ignore[return-value]  # the cache holds Decimal or None, never _UNSET
     if kind is float:
         number = _FLOAT_CACHE.get(value)  # zeros and NaN are never cached
         if number is not None:

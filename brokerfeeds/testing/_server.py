@@ -315,7 +315,7 @@ class SimulatorBase:
             for name, value in (verdict[2] if len(verdict) > 2 else {}).items():
                 response.headers[name] = value
             return response
-        connection.sim_info = verdict  # type: ignore[attr-defined]
+        connection.sim_info = verdict  # type: ignore[attr-defined]  # our own tag on websockets' connection
         return None
 
     async def _handle(self, connection: ServerConnection) -> None:
@@ -435,7 +435,7 @@ def _encode(message: Any, binary: bool) -> Union[str, bytes]:
         return text.encode() if binary else text
     if isinstance(message, str) and binary:
         return message.encode()
-    return message  # type: ignore[no-any-return]
+    return message  # type: ignore[no-any-return]  # already str or bytes (a frame as given)
 
 
 def query_of(request: Request) -> Dict[str, str]:
