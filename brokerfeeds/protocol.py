@@ -30,7 +30,9 @@ may leave an input method on bad input; the owner turns anything else into one.
 from __future__ import annotations
 
 import abc
-from typing import Any, Dict, Hashable, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from types import MappingProxyType
+from typing import (Any, Callable, Dict, Generic, Hashable, Iterable, List, Mapping, Optional, Sequence, Tuple,
+                    TypeVar, Union, cast)
 
 import attrs
 
@@ -51,6 +53,8 @@ __all__ = [
     "RawMessage",
     "Output",
     "Protocol",
+    "Handler",
+    "Routes",
 ]
 
 Frame = Union[str, bytes]
@@ -191,6 +195,48 @@ class Protocol(abc.ABC):
     def counters(self) -> Mapping[str, int]:
         """Adapter counters for ``feed.stats.extra`` (e.g. refused stale order updates)."""
         return {}
+
+
+AdapterT = TypeVar("AdapterT")
+HandlerT = TypeVar("HandlerT", bound=Callable[..., Any])
+
+#: The usual message handler: an unbound adapter method, ``(adapter, message) -> outputs``.
+Handler = Callable[[AdapterT, Dict[str, Any]], List[Output]]
+
+
+class Routes(Generic[HandlerT]):
+    """Where an adapter sends each decoded message: the one routing mechanism of every broker.
+
+    ``key(message)`` names the message's route (None: it has none); ``table`` maps route
+    names to handlers, unbound methods of the adapter class (usually of type :data:`Handler`).
+    A broker module defines its key function above the adapter class and
+    ``ROUTES = Routes(key=_route_key, table={...})`` right after it; ``on_frame`` routes::
+
+        handler = ROUTES.get(ROUTES.key(message))
+        if handler is not None:
+            out.extend(handler(self, message))
+
+    and a message without a route reaches ``on_message`` only. That costs one call (the
+    key) and one dict lookup per message, and builds nothing: the table is made once per
+    module, shared by every adapter of the class, and read-only. A table may hold another
+    handler signature where the adapter holds more than the message when it routes (Clear
+    Street passes the payload and ``now``, and to the events of sequenced frames their
+    ``data`` and whether the sequence check found them replayed).
+    """
+
+    __slots__ = ("key", "table", "get")
+
+    def __init__(self, key: Callable[[Dict[str, Any]], Optional[str]], table: Mapping[str, HandlerT]) -> None:
+        handlers = dict(table)
+        #: ``message -> route name`` (or None).
+        self.key = key
+        #: ``route name -> handler`` (read-only).
+        self.table: Mapping[str, HandlerT] = MappingProxyType(handlers)
+        #: ``get(route name)``: the route's handler, or None (also for the name None).
+        self.get = cast(Callable[[Optional[str]], Optional[HandlerT]], handlers.get)
+
+    def __repr__(self) -> str:
+        return f"Routes(key={getattr(self.key, '__qualname__', self.key)!r}, routes={sorted(self.table)!r})"
 
 
 def sends(frames: Iterable[Frame]) -> List[Output]:

@@ -42,7 +42,7 @@ new, accepted-for-bidding, calculated, stopped, suspended  OPEN
 pending-cancel, pending-replace, replaced                  OPEN
 partially-filled                                           PARTIALLY_FILLED
 filled                                                     FILLED
-canceled                                                   CANCELLED
+canceled, cancelled                                        CANCELLED
 rejected                                                   REJECTED
 expired, done-for-day                                      EXPIRED
 anything else                                              from ``state``
@@ -82,6 +82,7 @@ from ..errors import (
 )
 from ..events import (
     Balance,
+    Event,
     LocateInventory,
     Notice,
     Order,
@@ -100,6 +101,7 @@ from ..protocol import (
     RawMessage,
     Reconnect,
     Report,
+    Routes,
     Send,
     Subscription,
     excerpt,
@@ -143,6 +145,14 @@ STATUS_MAP: Dict[str, OrderStatus] = status_table({
     "done-for-day": OrderStatus.EXPIRED,
 })
 _AUTH_WORDS = ("auth", "token", "expired", "forbidden", "credential", "401", "403", "jwt", "permission")
+
+
+def _route_key(message: Dict[str, Any]) -> Optional[str]:
+    """The route of a frame (see ``ROUTES`` and ``EVENT_ROUTES``, after the adapter): its
+    payload ``type`` as text; None when it has no payload object."""
+    payload = message.get("payload")
+    return str(payload.get("type")) if isinstance(payload, dict) else None
+
 
 try:  # Python >= 3.9 with the system's (or the tzdata package's) time-zone database
     from zoneinfo import ZoneInfo
@@ -378,26 +388,21 @@ class ClearStreetProtocol(Protocol):
     # ------------------------------------------------------------- incoming
     def on_frame(self, data: bytes, binary: bool, now: float) -> List[Output]:
         message = parse_json(data)
-        if not isinstance(message, dict):
-            return [RawMessage(message)]
-        payload = message.get("payload")
-        if not isinstance(payload, dict):
-            return [RawMessage(message)]
-        kind = payload.get("type")
+        kind = ROUTES.key(message) if isinstance(message, dict) else None
+        if kind is None:
+            return [RawMessage(message)]  # not an object, or no payload object
         if kind == "heartbeat":
             return []
+        payload: Dict[str, Any] = message["payload"]
         if message.get("sequence") is not None:
-            return self._on_sequenced(message, payload, str(kind), now)
+            return self._on_sequenced(message, payload, kind, now)
         out: List[Output] = [RawMessage(message)]
-        if kind == "subscribe-activity-ack":
-            out.extend(self._on_ack(payload, now))
-        elif kind == "replay-complete":
-            out.extend(self._on_replay_complete(payload, now))
-        elif kind == "error-notice":
-            out.extend(self._on_error_notice(message, payload))
+        handler = ROUTES.get(kind)
+        if handler is not None:
+            out.extend(handler(self, message, payload, now))
         return out  # unknown types: on_message only
 
-    def _on_ack(self, payload: Dict[str, Any], now: float) -> List[Output]:
+    def _on_ack(self, message: Dict[str, Any], payload: Dict[str, Any], now: float) -> List[Output]:
         acct = to_text(payload.get("account_id"))
         if acct is not None and acct in self._pending:
             self._pending.remove(acct)
@@ -429,7 +434,7 @@ class ClearStreetProtocol(Protocol):
             return [Report(error)]
         return [Fatal(error)]
 
-    def _on_replay_complete(self, payload: Dict[str, Any], now: float) -> List[Output]:
+    def _on_replay_complete(self, message: Dict[str, Any], payload: Dict[str, Any], now: float) -> List[Output]:
         acct = to_text(payload.get("account_id"))
         if acct is None or acct not in self._replaying:
             acked = [a for a in self._replaying if a in self._acked]
@@ -440,7 +445,7 @@ class ClearStreetProtocol(Protocol):
         self._last_progress = now
         return [ReplayComplete(broker=BROKER, account=acct, raw=payload)]
 
-    def _on_error_notice(self, message: Dict[str, Any], payload: Dict[str, Any]) -> List[Output]:
+    def _on_error_notice(self, message: Dict[str, Any], payload: Dict[str, Any], now: float) -> List[Output]:
         details = to_text(first(payload.get("details"), payload.get("message"))) or "error notice without details"
         acct = self._pending.popleft() if self._pending else None
         if acct is not None:
@@ -525,10 +530,10 @@ class ClearStreetProtocol(Protocol):
         out: List[Output] = [RawMessage(message)]
         data = payload.get("data")
         if not isinstance(data, dict):
-            if kind in _DECODERS:
+            if kind in EVENT_ROUTES.table:
                 out.append(Report(ProtocolError(f"{kind} without a data object", excerpt(json.dumps(message)))))
             return out
-        decoder = _DECODERS.get(kind)
+        decoder = EVENT_ROUTES.get(kind)
         if decoder is not None:
             event = decoder(self, data, message, replayed)
             if event is not None:
@@ -597,13 +602,27 @@ class ClearStreetProtocol(Protocol):
         return [pnl] if self._pnl.update(account, pnl) is not None else []
 
 
-_DECODERS: Dict[str, Callable[[ClearStreetProtocol, Dict[str, Any], Dict[str, Any], bool], Any]] = {
+#: A handler of a frame without a sequence: ``(adapter, message, payload, now) -> outputs``.
+_ControlHandler = Callable[[ClearStreetProtocol, Dict[str, Any], Dict[str, Any], float], List[Output]]
+#: A decoder of a sequenced frame the marks let through: ``(adapter, data, message, replayed)``
+#: → its event (None: a duplicate).
+_EventDecoder = Callable[[ClearStreetProtocol, Dict[str, Any], Dict[str, Any], bool], Optional[Event]]
+
+#: Frames without a sequence, by payload type; other types reach ``on_message`` only.
+ROUTES: Routes[_ControlHandler] = Routes(key=_route_key, table={
+    "subscribe-activity-ack": ClearStreetProtocol._on_ack,
+    "replay-complete": ClearStreetProtocol._on_replay_complete,
+    "error-notice": ClearStreetProtocol._on_error_notice,
+})
+
+#: Sequenced frames, by payload type; other types reach ``on_message`` only.
+EVENT_ROUTES: Routes[_EventDecoder] = Routes(key=_route_key, table={
     "order-update": ClearStreetProtocol._order,
     "trade-notice": ClearStreetProtocol._trade,
     "position-update": ClearStreetProtocol._position,
     "buying-power-update": ClearStreetProtocol._buying_power,
     "locate-inventory-update": ClearStreetProtocol._locate,
-}
+})
 
 
 # ================================================================= credentials

@@ -38,18 +38,18 @@ Protocol notes (see the project's protocols/firstock.md for sources):
 Status mapping (Firstock → :class:`~brokerfeeds.events.OrderStatus`; spaces, ``_`` and
 ``-`` are ignored, case-insensitive):
 
-==========================================================  ==========================
-Firstock                                                    OrderStatus
-==========================================================  ==========================
-ORDER ACK, ORDER PENDING, PENDING, PENDING NEW              PENDING
-OPEN, TRIGGER_PENDING, AMO OPEN, AMO MODIFIED, MODIFIED     OPEN (PARTIALLY_FILLED once
-                                                            something filled)
-COMPLETE                                                    FILLED
-CANCELED, CANCELLED, AMO CANCELED                           CANCELLED
-REJECTED                                                    REJECTED
-EXPIRED                                                     EXPIRED
-anything else                                               UNKNOWN
-==========================================================  ==========================
+==================================================================  ===========================
+Firstock                                                            OrderStatus
+==================================================================  ===========================
+ORDER ACK, ORDER PENDING, PENDING, PENDING NEW, VALIDATION PENDING  PENDING
+OPEN, TRIGGER_PENDING, AMO OPEN, AMO MODIFIED, MODIFIED, REPLACED   OPEN (PARTIALLY_FILLED once
+                                                                    something filled)
+COMPLETE, COMPLETED                                                 FILLED
+CANCELED, CANCELLED, AMO CANCELED, AMO CANCELLED                    CANCELLED
+REJECTED                                                            REJECTED
+EXPIRED                                                             EXPIRED
+anything else                                                       UNKNOWN
+==================================================================  ===========================
 """
 
 from __future__ import annotations
@@ -73,12 +73,14 @@ from ..events import Notice, Order, OrderStatus, PnL, Position, Quote, Trade
 from ..feed import Feed, PeriodicJob
 from ..protocol import (
     Fatal,
+    Handler,
     Output,
     Protocol,
     RawMessage,
     Ready,
     Reconnect,
     Refresh,
+    Routes,
     Send,
     Subscription,
     excerpt,
@@ -152,6 +154,18 @@ _PRICE_FIELDS = (
     "i_yearly_low_price",
 )
 _INSTRUMENT = re.compile(r"^[A-Za-z]+:[^\s:|]+$")
+
+
+def _route_key(message: Dict[str, Any]) -> str:
+    """The route of a socket message (see ``ROUTES``, after the adapter). Firstock's
+    messages have no type field: the keys they carry tell them apart."""
+    if "norenordno" in message:
+        return "order"
+    if "brkname" in message:
+        return "position"
+    if "status" in message:
+        return "status"
+    return "quotes"
 
 
 # ====================================================================== helpers
@@ -338,23 +352,19 @@ class FirstockProtocol(Protocol):
             if not self.authenticated and isinstance(message, str):
                 out.extend(self._refused(message))
             return out
-        if not self.authenticated and "status" in message and "norenordno" not in message and "brkname" not in message:
-            out.extend(self._on_auth(message))
-            return out
-        if "norenordno" in message:
-            out.extend(self.merge_orders([message]))
-        elif "brkname" in message:
-            out.extend(self._on_position(message))
-        elif "status" in message and "message" in message:
-            out.extend(self._on_status(message))
-        elif "c_symbol" in message and "c_exch_seg" in message:
-            key = f"{str(message['c_exch_seg']).upper()}:{message['c_symbol']}"
-            out.extend(self._on_tick(key, message))
-        else:
-            for key, value in message.items():
-                if isinstance(value, dict) and ":" in str(key):
-                    out.extend(self._on_tick(str(key), value))
+        handler = ROUTES.get(ROUTES.key(message))
+        if handler is not None:
+            out.extend(handler(self, message))
         return out
+
+    def _on_status(self, message: Dict[str, Any]) -> List[Output]:
+        """A message with ``status``: the answer to authentication, then a server notice
+        (with ``message``) or else a quote."""
+        if not self.authenticated:
+            return self._on_auth(message)
+        if "message" in message:
+            return self._on_notice(message)
+        return self._on_quotes(message)
 
     def _on_auth(self, message: Dict[str, Any]) -> List[Output]:
         status = str(message.get("status", "")).lower()
@@ -370,7 +380,7 @@ class FirstockProtocol(Protocol):
                 f"Firstock refused the session: {text.strip()[:200]} (close another connection of this user)"))]
         return [Fatal(AuthenticationError(f"Firstock rejected the session: {text.strip()[:200] or 'no reason given'}"))]
 
-    def _on_status(self, message: Dict[str, Any]) -> List[Output]:
+    def _on_notice(self, message: Dict[str, Any]) -> List[Output]:
         status = str(message.get("status", "")).lower()
         text = _text_of(message)
         kind = "error" if status in ("failed", "error") else "status"
@@ -380,6 +390,9 @@ class FirstockProtocol(Protocol):
         return out
 
     # ------------------------------------------------------------- orders
+    def _on_order(self, message: Dict[str, Any]) -> List[Output]:
+        return self.merge_orders([message])
+
     def merge_orders(self, rows: Iterable[Any], rest: bool = False, seed: bool = False) -> List[Output]:
         """Order (and derived :class:`Trade`) events for socket messages or REST ``orderBook`` rows.
 
@@ -502,6 +515,16 @@ class FirstockProtocol(Protocol):
         return [pnl] if self.pnl.update(self.user_id, pnl) is not None else []
 
     # ------------------------------------------------------------- quotes
+    def _on_quotes(self, message: Dict[str, Any]) -> List[Output]:
+        """V1: one flat tick with ``c_exch_seg`` and ``c_symbol``; V2: ticks keyed by ``EXCH:TOKEN``."""
+        if "c_symbol" in message and "c_exch_seg" in message:
+            return self._on_tick(f"{str(message['c_exch_seg']).upper()}:{message['c_symbol']}", message)
+        out: List[Output] = []
+        for key, value in message.items():
+            if isinstance(value, dict) and ":" in str(key):
+                out.extend(self._on_tick(str(key), value))
+        return out
+
     def _on_tick(self, key: str, update: Dict[str, Any]) -> List[Output]:
         if "gamma" in update and "i_last_traded_price" not in update:
             return []  # option greeks (not a quote): on_message only
@@ -522,6 +545,15 @@ class FirstockProtocol(Protocol):
             time=_epoch_seconds(first(merged.get("i_feed_time"), merged.get("i_last_trade_time"))),
             fields=dict(merged), raw=update,
         )]
+
+
+#: Message kind (told by its keys, see ``_route_key``) → handler; every message has one.
+ROUTES: Routes[Handler[FirstockProtocol]] = Routes(key=_route_key, table={
+    "order": FirstockProtocol._on_order,
+    "position": FirstockProtocol._on_position,
+    "status": FirstockProtocol._on_status,
+    "quotes": FirstockProtocol._on_quotes,
+})
 
 
 def quote_prices(quote: Quote) -> Dict[str, Optional[Decimal]]:

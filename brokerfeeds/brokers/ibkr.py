@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import json
 from decimal import Decimal
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 from ..errors import AuthenticationError, ProtocolError
 from ..events import (
@@ -54,12 +54,14 @@ from ..events import (
 )
 from ..feed import Feed, PeriodicJob
 from ..protocol import (
+    Handler,
     NotReady,
     Output,
     Protocol,
     RawMessage,
     Ready,
     Report,
+    Routes,
     Send,
     Subscription,
     excerpt,
@@ -92,6 +94,18 @@ DEFAULT_QUOTE_FIELDS: Tuple[str, ...] = ("31", "84", "86", "88", "85", "7762", "
 
 # Subscription kinds → (subscribe, unsubscribe) topic letters.
 _ORDERS, _TRADES, _PNL, _QUOTES, _SUMMARY = "orders", "trades", "pnl", "quotes", "account_summary"
+
+
+def _route_key(message: Dict[str, Any]) -> Optional[str]:
+    """The route of a server message (see ``ROUTES``, after the adapter): its topic, cut to
+    four characters when it carries an argument (``smd+<conid>`` → ``smd+``, ``ssd+<account>``
+    → ``ssd+``). Errors and messages without a topic have no route: ``on_frame`` reports them."""
+    if "error" in message:
+        return None
+    topic = message.get("topic")
+    if not isinstance(topic, str):
+        return None
+    return topic[:4] if "+" in topic else topic
 
 
 def map_status(word: Optional[str], filled: Optional[Decimal], quantity: Optional[Decimal]) -> OrderStatus:
@@ -148,15 +162,6 @@ class IbkrProtocol(Protocol):
         self._quote_sent: Dict[str, float] = {}  # conid -> last smd send (for the expiry re-send)
         self._quote_frames: Dict[str, str] = {}
         self.positions = SnapshotBook[Position]()
-        self._topics: Dict[str, Callable[[Dict[str, Any]], List[Output]]] = {
-            "sor": self._on_orders,
-            "str": self._on_trades,
-            "spl": self._on_pnl,
-            "sts": self._on_status,
-            "act": self._on_account,
-            "ntf": self._on_notification,
-            "blt": self._on_bulletin,
-        }
 
     # ------------------------------------------------------------- connection
     def on_open(self, now: float) -> List[Output]:
@@ -230,24 +235,17 @@ class IbkrProtocol(Protocol):
         out: List[Output] = [RawMessage(message)]
         if not isinstance(message, dict):
             return out
-        topic = message.get("topic")
-        if "error" in message:
+        handler = ROUTES.get(ROUTES.key(message))
+        if handler is not None:
+            out.extend(handler(self, message))
+        elif "error" in message:
             text = f"IBKR error {message.get('code', '')}: {message.get('error')}".replace("  ", " ")
             out.append(Notice(broker=BROKER, kind="error", text=text, raw=message))
             out.append(Report(ProtocolError(text, excerpt(json.dumps(message)))))
-            return out
-        if not isinstance(topic, str):
+        elif not isinstance(message.get("topic"), str):
             status = to_text(first(message.get("message"), message.get("result")))
             if status:
                 out.append(Notice(broker=BROKER, kind="status", text=status, raw=message))
-            return out
-        handler = self._topics.get(topic)
-        if handler is not None:
-            out.extend(handler(message))
-        elif topic.startswith("smd+"):
-            out.extend(self._on_quote(topic[4:], message))
-        elif topic.startswith("ssd+"):
-            out.extend(self._on_summary(topic[4:], message))
         return out  # system / tic / unknown topics: on_message only
 
     def _decode(self, data: bytes) -> Any:
@@ -368,7 +366,8 @@ class IbkrProtocol(Protocol):
                 out.append(pnl)
         return out
 
-    def _on_quote(self, conid: str, message: Dict[str, Any]) -> List[Output]:
+    def _on_quote(self, message: Dict[str, Any]) -> List[Output]:
+        conid = message["topic"][4:]  # smd+<conid>
         update = {k: v for k, v in message.items() if k[:1].isdigit() or k == "_updated"}
         if not update:
             return []
@@ -387,7 +386,8 @@ class IbkrProtocol(Protocol):
             raw=message,
         )]
 
-    def _on_summary(self, account: str, message: Dict[str, Any]) -> List[Output]:
+    def _on_summary(self, message: Dict[str, Any]) -> List[Output]:
+        account = message["topic"][4:]  # ssd+<account>
         rows = message.get("result")
         if not isinstance(rows, list):
             return []
@@ -447,6 +447,21 @@ class IbkrProtocol(Protocol):
                 raw=row,
             )))
         return list(self.positions.apply_snapshot(items, lambda key: _account_key(key) == account))
+
+
+#: Topic → handler (``smd+`` / ``ssd+``: every ``smd+<conid>`` / ``ssd+<account>``); system, tic
+#: and unknown topics have no route (``on_message`` only).
+ROUTES: Routes[Handler[IbkrProtocol]] = Routes(key=_route_key, table={
+    "sts": IbkrProtocol._on_status,
+    "act": IbkrProtocol._on_account,
+    "sor": IbkrProtocol._on_orders,
+    "str": IbkrProtocol._on_trades,
+    "spl": IbkrProtocol._on_pnl,
+    "smd+": IbkrProtocol._on_quote,
+    "ssd+": IbkrProtocol._on_summary,
+    "ntf": IbkrProtocol._on_notification,
+    "blt": IbkrProtocol._on_bulletin,
+})
 
 
 def _account_key(key: Any) -> Any:

@@ -62,7 +62,7 @@ from ..auth import TokenProvider, TokenSource
 from ..errors import AuthenticationError, BrokerFeedsError, ConnectionFailed
 from ..events import GttOrder, Holding, Order, OrderStatus, PnL, Position, Trade
 from ..feed import Feed, PeriodicJob
-from ..protocol import Output, Protocol, RawMessage, Reconnect, Subscription, first, parse_json
+from ..protocol import Handler, Output, Protocol, RawMessage, Reconnect, Routes, Subscription, first, parse_json
 from ..state import ChangeTracker, FillTracker, OrderTracker, SnapshotBook, map_order_status, side_of, status_table
 from ..transport import ConnectTarget
 from ..values import to_decimal, to_text
@@ -126,6 +126,16 @@ _SEGMENT_EXCHANGE: Dict[str, str] = {
     "BSE_EQ": "BSE", "BSE_INDEX": "BSE", "BSE_FO": "BFO", "BCD_FO": "BCD", "MCX_FO": "MCX",
     "MCX_INDEX": "MCX",
 }
+
+
+def _route_key(message: Dict[str, Any]) -> Optional[str]:
+    """The route of a stream message (see ``ROUTES``, after the adapter): its ``update_type``;
+    ``order`` for the older webhook-style order sample, which had none."""
+    if "update_type" in message:
+        return str(message["update_type"])
+    if "order_id" in message and "status" in message:
+        return "order"
+    return None
 
 
 # ================================================================ value helpers
@@ -247,12 +257,6 @@ class UpstoxProtocol(Protocol):
         self.pnl: ChangeTracker[PnL] = ChangeTracker()
         self._gtt: ChangeTracker[Tuple[Any, ...]] = ChangeTracker()
         self._symbols: Dict[str, str] = {}  # instrument_key -> trading symbol, learned as we go
-        self._handlers: Dict[str, Callable[[Dict[str, Any]], List[Output]]] = {
-            "order": self._on_order,
-            "position": lambda m: self._positions([m], snapshot=False),
-            "holding": lambda m: self._holdings([m], snapshot=False),
-            "gtt_order": lambda m: self.gtt_from([m]),
-        }
 
     # ------------------------------------------------------------- inputs from the feed
     def authorize(self, update_types: Iterable[str]) -> List[Output]:
@@ -291,15 +295,22 @@ class UpstoxProtocol(Protocol):
         account = to_text(first(message.get("user_id"), message.get("userId")))
         if account is not None and self.account is None:
             self.account = account
-        handler = self._handlers.get(str(message.get("update_type")))
-        if handler is None and "update_type" not in message and "order_id" in message and "status" in message:
-            handler = self._on_order  # the older webhook-style order sample had no update_type
+        handler = ROUTES.get(ROUTES.key(message))
         if handler is not None:
-            out.extend(handler(message))
+            out.extend(handler(self, message))
         return out  # unknown update_type: on_message only
 
     def _on_order(self, raw: Dict[str, Any]) -> List[Output]:
         return self.merge_orders([raw], derive_fills=True)
+
+    def _on_position(self, raw: Dict[str, Any]) -> List[Output]:
+        return self._positions([raw], snapshot=False)
+
+    def _on_holding(self, raw: Dict[str, Any]) -> List[Output]:
+        return self._holdings([raw], snapshot=False)
+
+    def _on_gtt_order(self, raw: Dict[str, Any]) -> List[Output]:
+        return self.gtt_from([raw])
 
     # ------------------------------------------------------------- orders
     def merge_orders(self, rows: Iterable[Any], derive_fills: bool = True) -> List[Output]:
@@ -480,6 +491,15 @@ class UpstoxProtocol(Protocol):
                 raw=raw,
             ))
         return out
+
+
+#: ``update_type`` → handler; other types have no route (``on_message`` only).
+ROUTES: Routes[Handler[UpstoxProtocol]] = Routes(key=_route_key, table={
+    "order": UpstoxProtocol._on_order,
+    "position": UpstoxProtocol._on_position,
+    "holding": UpstoxProtocol._on_holding,
+    "gtt_order": UpstoxProtocol._on_gtt_order,
+})
 
 
 # ================================================================ the feed
