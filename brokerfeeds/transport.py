@@ -9,6 +9,9 @@ what RFC 6455 requires of a client and bounds the size of a message.
 
 from __future__ import annotations
 
+import errno
+import os
+import select
 import socket
 import ssl
 import threading
@@ -50,6 +53,17 @@ _TOO_BIG = 1009
 
 _CLOSE_WAIT = 0.5  # how long close() waits for the server's close frame
 _RETRY_AFTER_MAX = 3600.0
+_POLL = 0.05  # a TCP connect in progress looks at abort() this often (Linux wakes at once)
+_IN_PROGRESS = {errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EALREADY, getattr(errno, "WSAEWOULDBLOCK", -1)}
+# websocket-client's defaults for the sockets it creates (it no longer creates ours).
+_SOCKET_OPTIONS: List[Tuple[int, int, int]] = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
+if hasattr(socket, "SO_KEEPALIVE"):
+    _SOCKET_OPTIONS.append((socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1))
+for _name, _value in (("TCP_KEEPIDLE", 30), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 3)):
+    if hasattr(socket, _name):
+        _SOCKET_OPTIONS.append((socket.IPPROTO_TCP, getattr(socket, _name), _value))
+
+_monotonic = time.monotonic
 
 
 @attrs.frozen(slots=True)
@@ -87,6 +101,10 @@ class _Violation(Exception):
 
 class _Lost(Exception):
     """The peer closed the TCP connection (or the socket is gone)."""
+
+
+class _Interrupted(Exception):
+    """abort() was called, or the connect deadline passed, while connecting."""
 
 
 def ssl_options(verify: Union[bool, str]) -> Dict[str, Any]:
@@ -146,6 +164,20 @@ class Connection:
         self._fragment_size = 0
         self._close_sent = False
         self._ended: Optional[Closed] = None
+        # recv's time limit: when the current call gives up (< 0: the clock is read at the
+        # first socket read it needs), and the timeout it was given.
+        self._deadline = -1.0
+        self._wait = 0.0
+        # abort() from any thread: the lock orders it against closing the socket (a closed
+        # descriptor's number may be reused at once). While connecting, _pending is the
+        # socket being set up (before websocket-client holds it as ws.sock), _interrupted
+        # is sticky (abort() before any socket exists still stops the connect) and _wake
+        # ends the wait for a name lookup.
+        self._lock = threading.Lock()
+        self._pending: Optional[socket.socket] = None
+        self._interrupted = False
+        self._aborted = False
+        self._wake = threading.Event()
 
     @classmethod
     def open(
@@ -164,8 +196,9 @@ class Connection:
         :class:`RateLimited` for 429 (or 503 with a Retry-After), :class:`ConnectionFailed`
         for anything else (redirects are not followed). Messages name the URL passed
         through ``redact`` and without its query string (it may carry a one-time code).
-        ``started`` receives the connection before the handshake, so another thread can
-        :meth:`abort` a connect that hangs.
+        ``started`` receives the connection before anything else happens, so another
+        thread can :meth:`abort` the connect at any stage: the name lookup, the TCP
+        connect, TLS, the upgrade (the connect then fails with "aborted").
         """
         shown = _shown_url(target.url, redact)
         try:
@@ -173,8 +206,9 @@ class Connection:
         except ValueError as exc:
             raise ConnectionFailed(f"connect to {shown} failed: {exc}") from None
         sslopt = ssl_options(verify)
-        # The TLS handshake then runs on the first send, once the socket is ws.sock, so
-        # abort() (stop(), or the deadline below) can interrupt it too.
+        # The TLS handshake runs on the first send (the upgrade request), not in
+        # wrap_socket: the socket is registered by then, so abort() (stop(), or the
+        # deadline below) can interrupt it too.
         sslopt["do_handshake_on_connect"] = False
         ws = websocket.WebSocket(sslopt=sslopt, skip_utf8_validation=True, enable_multithread=True)
         conn = cls(ws, max_message_size=max_message_size)
@@ -183,12 +217,21 @@ class Connection:
         options: Dict[str, Any] = {"timeout": timeout, "header": list(target.headers), "redirect_limit": 0}
         if target.cookie is not None:
             options["cookie"] = target.cookie
+        end = _monotonic() + timeout
         deadline = _Deadline(conn, timeout)
         try:
             try:
+                if conn._interrupted:
+                    raise _Interrupted()
+                if not _proxied(target.url):
+                    # Our own socket, connected here: websocket-client would create it
+                    # inside ws.connect, out of abort()'s reach until TCP is established.
+                    options["socket"] = conn._connect(target.url, sslopt, end)
                 ws.connect(target.url, **options)
             finally:
                 expired = deadline.finish()
+                with conn._lock:
+                    conn._pending = None  # ws.sock from now on (or nothing: the connect failed)
             if expired:
                 raise socket.timeout("connect deadline passed")
             # websocket-client before 1.9 returns a 3xx answer as a success when
@@ -201,30 +244,167 @@ class Connection:
             if getattr(getattr(ws, "frame_buffer", None), "recv_buffer", None):
                 raise websocket.WebSocketException("websocket-client buffered data past the handshake")
         except Exception as exc:
-            ws.shutdown()
+            conn._release(options.get("socket"))
+            if conn._aborted and not deadline.expired:
+                raise ConnectionFailed(f"connect to {shown} failed: aborted") from None
             error = _connect_error(exc, ws, target.url, shown, timeout, expired=deadline.expired, redact=redact)
             if _safe_cause(exc, target.url, redact):
                 raise error from exc
             raise error from None
         return conn
 
+    def _connect(self, url: str, sslopt: Dict[str, Any], end: float) -> socket.socket:
+        """A TCP (and, for wss, TLS-wrapped) socket to ``url``'s host, connected by ``end``.
+
+        Every address of the host is tried in turn, as ``socket.create_connection`` does.
+        The socket is registered (``_pending``) before it connects, so :meth:`abort`
+        interrupts the connect at once; the TLS handshake is left to the first send.
+        """
+        parts = urlsplit(url)
+        secure = parts.scheme.lower() == "wss"
+        host = parts.hostname or ""
+        port = parts.port or (443 if secure else 80)
+        context = _tls_context(sslopt) if secure else None  # a bad CA bundle fails before connecting
+        error: Optional[OSError] = None
+        for family, kind, proto, _, address in self._resolve(host, port, end):
+            sock = socket.socket(family, kind, proto)
+            try:
+                self._register(sock)
+                for option in _SOCKET_OPTIONS:
+                    try:
+                        sock.setsockopt(*option)
+                    except OSError:
+                        pass  # an option this system lacks: keep-alive is a bonus
+                sock.setblocking(False)
+                code = sock.connect_ex(address)
+                if code in _IN_PROGRESS:
+                    self._connected(sock, end)
+                elif code:
+                    raise OSError(code, os.strerror(code))
+                remaining = end - _monotonic()
+                if remaining <= 0:
+                    raise socket.timeout("timed out")
+                sock.settimeout(remaining)  # each read of the upgrade (the deadline bounds the whole)
+                if context is None:
+                    return sock
+                wrapped = context.wrap_socket(sock, server_hostname=host, do_handshake_on_connect=False,
+                                              suppress_ragged_eofs=True)
+                try:
+                    self._register(wrapped)  # sock is detached: the wrapper owns the descriptor now
+                except BaseException:
+                    self._release(wrapped)
+                    raise
+                return wrapped
+            except (_Interrupted, socket.timeout, ssl.SSLError):
+                self._release(sock)
+                raise
+            except OSError as exc:
+                self._release(sock)
+                if self._interrupted:
+                    raise _Interrupted() from None
+                error = exc
+            except BaseException:
+                self._release(sock)
+                raise
+        raise error if error is not None else socket.gaierror(socket.EAI_NONAME, "no address found")
+
+    def _register(self, sock: socket.socket) -> None:
+        """Make ``sock`` the one abort() shuts down; raises _Interrupted if abort() came first."""
+        with self._lock:
+            self._pending = sock
+            if self._interrupted:
+                raise _Interrupted()
+
+    def _connected(self, sock: socket.socket, end: float) -> None:
+        """Wait for a non-blocking TCP connect, until ``end`` or abort(); raises if it failed."""
+        poller = select.poll() if hasattr(select, "poll") else None
+        if poller is not None:
+            poller.register(sock, select.POLLOUT)
+        while True:
+            if self._interrupted:
+                raise _Interrupted()
+            remaining = end - _monotonic()
+            if remaining <= 0:
+                raise socket.timeout("timed out")
+            wait = min(remaining, _POLL)
+            if poller is not None:
+                ready = bool(poller.poll(max(1, int(wait * 1000))))
+            else:  # Windows: a failed connect shows in the exception set
+                _, writable, failed = select.select([], [sock], [sock], wait)
+                ready = bool(writable or failed)
+            if ready:
+                break
+        if self._interrupted:
+            raise _Interrupted()
+        code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if code:
+            raise OSError(code, os.strerror(code))
+
+    def _resolve(self, host: str, port: int, end: float) -> List[Tuple[Any, ...]]:
+        """The addresses of ``host``; a name is looked up in a helper thread, so that
+        abort() and the deadline are not held up by a slow resolver."""
+        try:
+            return socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM, socket.IPPROTO_TCP,
+                                      socket.AI_NUMERICHOST)
+        except socket.gaierror:
+            pass  # not an IP address
+        answer: List[Any] = []
+        wake = self._wake
+
+        def lookup() -> None:
+            try:
+                answer.append(socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM, socket.IPPROTO_TCP))
+            except BaseException as exc:  # noqa: BLE001 - handed to the connecting thread
+                answer.append(exc)
+            finally:
+                wake.set()
+
+        thread = threading.Thread(target=lookup, name="ws-resolve", daemon=True)
+        thread.start()
+        while not answer:
+            if self._interrupted:
+                raise _Interrupted()
+            remaining = end - _monotonic()
+            if remaining <= 0:
+                raise socket.timeout("timed out")
+            wake.wait(remaining)
+            wake.clear()  # abort() sets it too, and _interrupted says so
+        thread.join()  # it has answered: ending
+        found = answer[0]
+        if isinstance(found, BaseException):
+            raise found
+        return list(found)
+
+    def _release(self, sock: Optional[socket.socket]) -> None:
+        """Close a socket of a failed connect and websocket-client's, ordered against abort()."""
+        with self._lock:
+            if sock is not None:
+                try:
+                    sock.close()
+                except OSError:
+                    pass
+            if self._pending is sock:
+                self._pending = None
+            self._ws.shutdown()
+
     def recv(self, timeout: float) -> Optional[Tuple[int, bytes]]:
         """The next frame as ``(opcode, data)``, or None if ``timeout`` passed first.
 
-        Pings are answered here and returned too, as are pongs, so the caller sees every
-        sign of life. Fragmented messages are joined. Raises :class:`Closed` when the
-        connection ends, with ``error`` set when the server broke the protocol.
+        ``timeout`` bounds the whole call, however bytes arrive: a frame trickled byte by
+        byte makes it return None on time (the bytes are kept for the next call), so the
+        caller decides liveness on whole frames. Pings are answered here and returned
+        too, as are pongs, so the caller sees every sign of life. Fragmented messages are
+        joined. Raises :class:`Closed` when the connection ends, with ``error`` set when
+        the server broke the protocol.
         """
         if self._ended is not None:
             ended = self._ended
             raise Closed(ended.reason, ended.code, ended.error)
+        # The clock starts at the first socket read this call needs (_fill): returning a
+        # buffered frame costs no system call.
+        self._deadline = -1.0
+        self._wait = timeout
         try:
-            if timeout != self._timeout:
-                sock = self._ws.sock
-                if sock is None:
-                    raise _Lost()
-                sock.settimeout(timeout)
-                self._timeout = timeout
             while True:
                 frame = self._frame()
                 if frame is None:
@@ -369,10 +549,26 @@ class Connection:
         return True
 
     def _fill(self) -> bool:
-        """Append what the socket has (up to 256 KiB) to the buffer; False on timeout."""
+        """Append what the socket has (up to 256 KiB) to the buffer; False on timeout.
+
+        Waits at most until recv's deadline (set here, at the first read of the call).
+        """
         sock = self._ws.sock
         if sock is None:
             raise _Lost()
+        deadline = self._deadline
+        if deadline < 0:
+            wait = self._wait
+            if not wait > 0:
+                wait = 0.001  # a zero or negative timeout: look once, briefly
+            self._deadline = _monotonic() + wait
+        else:
+            wait = deadline - _monotonic()
+            if wait <= 0:
+                return False
+        if wait != self._timeout:
+            sock.settimeout(wait)
+            self._timeout = wait
         try:
             data = sock.recv(_READ_SIZE)
         except ssl.SSLWantReadError:
@@ -458,22 +654,29 @@ class Connection:
         except Exception:  # noqa: BLE001 - closing is best-effort
             pass
         finally:
-            ws.shutdown()
+            with self._lock:
+                ws.shutdown()
 
     def abort(self) -> None:
-        """Wake a thread blocked in :meth:`recv` (or in the handshake) by shutting the socket down."""
-        self._shut_down()
+        """Wake a thread blocked in :meth:`recv`, or stop a connect at any stage (name
+        lookup, TCP connect, TLS, upgrade; also one not begun yet), from any thread."""
+        self._interrupt(aborted=True)
 
-    def _shut_down(self) -> bool:
-        """Shut the socket down; False if there is none (yet, or any more)."""
-        sock = self._ws.sock
-        if sock is None:
-            return False
-        try:
-            sock.shutdown(socket.SHUT_RDWR)
-        except (OSError, AttributeError):
-            pass  # already closed, or not connected yet
-        return True
+    def _interrupt(self, aborted: bool = False) -> bool:
+        """Stop a connect in progress and shut the socket down; False if there is no socket (yet, or any more)."""
+        with self._lock:
+            if aborted:
+                self._aborted = True
+            self._interrupted = True
+            self._wake.set()
+            sock = self._ws.sock or self._pending
+            if sock is None:
+                return False
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except (OSError, AttributeError):
+                pass  # already closed, or not connected yet
+            return True
 
 
 class _Deadline:
@@ -503,9 +706,10 @@ class _Deadline:
                 if self._done.is_set():
                     return
                 self.expired = True
-                # Until TCP is connected there is no socket to shut down (that step is
-                # bounded by the socket timeout): look again shortly.
-                if self._conn._shut_down():
+                # Our own connect stops at once (it watches the flag _interrupt sets); a
+                # connect through a proxy has no socket to shut down until websocket-client
+                # has connected (that step is bounded by the socket timeout): look again shortly.
+                if self._conn._interrupt():
                     return
             if self._done.wait(0.02):
                 return
@@ -517,6 +721,51 @@ class _Deadline:
         if self._thread is not None:
             self._thread.join()
         return self.expired
+
+
+def _proxied(url: str) -> bool:
+    """Whether websocket-client would connect to ``url`` through a proxy (``http_proxy`` /
+    ``https_proxy`` in the environment, minus ``no_proxy``): it then makes the connection."""
+    try:
+        from websocket._url import get_proxy_info
+    except ImportError:  # pragma: no cover - present in every websocket-client 1.x
+        return False
+    try:
+        parts = urlsplit(url)
+        proxy_host = get_proxy_info(parts.hostname or "", parts.scheme.lower() == "wss")[0]
+    except Exception:  # noqa: BLE001 - a malformed proxy setting: websocket-client reports it
+        return True
+    return bool(proxy_host)
+
+
+def _tls_context(sslopt: Dict[str, Any]) -> ssl.SSLContext:
+    """The client TLS context for :func:`ssl_options` (as websocket-client builds it)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    keylog = os.environ.get("SSLKEYLOGFILE")
+    if keylog:
+        context.keylog_filename = keylog
+    if sslopt.get("cert_reqs", ssl.CERT_REQUIRED) == ssl.CERT_NONE:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        return context
+    cafile: Optional[str] = sslopt.get("ca_certs")
+    capath: Optional[str] = None
+    bundle = os.environ.get("WEBSOCKET_CLIENT_CA_BUNDLE")  # honoured by websocket-client too
+    if cafile is None and bundle:
+        if os.path.isfile(bundle):
+            cafile = bundle
+        elif os.path.isdir(bundle):
+            capath = bundle
+    try:
+        if cafile or capath:
+            context.load_verify_locations(cafile=cafile, capath=capath)
+        else:
+            context.load_default_certs(ssl.Purpose.SERVER_AUTH)
+    except (OSError, ssl.SSLError, ValueError) as exc:
+        raise websocket.WebSocketException(f"SSL CA certificate loading failed: {exc}") from None
+    context.check_hostname = bool(sslopt.get("check_hostname", True))
+    context.verify_mode = ssl.CERT_REQUIRED
+    return context
 
 
 def _valid_close_code(code: int) -> bool:
