@@ -18,6 +18,7 @@ __all__ = [
     "CallbackError",
     "GapDetected",
     "FeedStopped",
+    "BacklogWarning",
 ]
 
 
@@ -82,3 +83,18 @@ class GapDetected(BrokerFeedsError):
 
 class FeedStopped(BrokerFeedsError):
     """Raised by waiting calls when the feed was stopped before the awaited thing happened."""
+
+
+class BacklogWarning(BrokerFeedsError):
+    """More than ``max_pending_events`` events wait for callbacks: they are slower than the
+    feed. A notice, not a failure: nothing is dropped and the feed carries on, while the
+    backlog (and memory) grows. ``pending`` is how many waited, ``limit`` the threshold.
+
+    Reported once (log and ``on_error``, delivered ahead of the backlog), and again only
+    after the backlog fell under half of ``limit``.
+    """
+
+    def __init__(self, message: str, pending: int = 0, limit: int = 0) -> None:
+        super().__init__(message)
+        self.pending = pending
+        self.limit = limit

@@ -4,6 +4,12 @@ Keep-alives, polls, reconciliation after each (re)connect and refreshes an adapt
 for all run here, one at a time, so blocking HTTP calls never delay the socket. Jobs do
 not return outputs: a job that learns something gives it to the adapter through the
 adapter owner (``Feed._apply``), which delivers the resulting events in order.
+
+A job that raises (anything, ``SystemExit`` included) is reported and the thread carries
+on. If the thread ever dies of something else (a bug), ``crashed`` is told, and the feed
+stops with that error rather than carry on without keep-alives and polls. :meth:`stop`
+never waits for a running job: a slow HTTP call finishes (or times out) on its own, after
+which the thread ends without starting another job.
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ class RestScheduler:
     """Runs periodic jobs and one-off jobs on the feed's ``rest`` thread.
 
     ``failed(name, exc)`` is told about every job that raised; the thread carries on.
+    ``crashed(exc)`` is told if the thread itself dies (a bug); it must not raise.
     """
 
     def __init__(
@@ -49,11 +56,13 @@ class RestScheduler:
         jobs: Sequence[PeriodicJob],
         is_ready: Callable[[], bool],
         failed: Callable[[str, BaseException], None],
+        crashed: Optional[Callable[[BaseException], None]] = None,
     ) -> None:
         self._thread_name = thread_name
         self._jobs = list(jobs)
         self._is_ready = is_ready
         self._failed = failed
+        self._crashed = crashed
         self._queue: "queue.SimpleQueue[Optional[Tuple[str, OneOff]]]" = queue.SimpleQueue()
         self._stopping = threading.Event()
         self.thread: Optional[threading.Thread] = None
@@ -87,6 +96,14 @@ class RestScheduler:
         return not thread.is_alive()
 
     def _run(self) -> None:
+        try:
+            self._loop()
+        except BaseException as exc:  # noqa: BLE001 - a bug must stop the feed, never leave a zombie
+            crashed = self._crashed
+            if crashed is not None:
+                crashed(exc)
+
+    def _loop(self) -> None:
         due: List[float] = [_monotonic() + job.interval for job in self._jobs]
         while not self._stopping.is_set():
             now = _monotonic()
