@@ -17,17 +17,39 @@ Where things live (one obvious place each):
 
 Threads of a running feed (all named ``brokerfeeds-<name>-...``): ``io`` (always),
 ``rest`` (feeds with a REST side), ``dispatch`` (``dispatch="thread"``, the default).
+
+Lifetime (the contract with users):
+
+* Call ``stop()`` — or use ``with feed:`` — when done. ``stop(timeout)`` delivers what
+  waits until ``timeout``, then drops the rest (counted in ``stats.dropped_at_stop`` and
+  logged once); after it returns no callback starts. A thread it could not end in time (a
+  callback, an HTTP call or a token provider that did not return) is named in a warning
+  and ends by itself when that call returns, without touching the feed again.
+* A running feed is referenced by its own threads, so dropping the last reference to it
+  does NOT stop it or free it: its connection and threads live on. At interpreter exit a
+  hook stops every feed still running, giving each one second to deliver what waits and
+  logging what it had to drop (the threads are daemons: without the hook, queued
+  callbacks would vanish silently).
+* A feed thread never dies of user code (see :mod:`brokerfeeds.dispatch`). If one dies
+  of anything else (a bug), the feed reports it (log and ``on_error``) and stops with that
+  error (``feed.error``; ``run_forever`` raises it) — never a feed that says "connected"
+  while nothing is read or delivered.
+* Secrets the feed knows (tokens, session ids, keys) are masked in every log line and in
+  the message of every error it reports or raises, whoever built it, and in
+  :class:`~brokerfeeds.events.Notice` text. ``raw`` (the broker's message) stays raw.
 """
 
 from __future__ import annotations
 
 import abc
+import atexit
 import datetime as _dt
 import logging
 import queue
 import threading
 import time
 import urllib.parse
+import weakref
 from typing import (
     Any,
     Callable,
@@ -48,7 +70,7 @@ from typing import (
 import attrs
 
 from . import events as ev
-from .dispatch import CallbackRegistry, Dispatcher
+from .dispatch import CallbackRegistry, Dispatcher, Lane
 from .errors import BrokerFeedsError, ProtocolError
 from .owner import AdapterOwner, P, protocol_error
 from .protocol import (
@@ -66,7 +88,7 @@ from .protocol import (
     excerpt,
 )
 from .reconnect import ReconnectPolicy
-from .redact import Redactor, RedactingLogger
+from .redact import Redactor, RedactingLogger, safe_repr, safe_str
 from .rest import RestClient
 from .scheduler import PeriodicJob, RestScheduler
 from .subscriptions import SubscriptionBook
@@ -95,7 +117,13 @@ MessageHandler = TypeVar("MessageHandler", bound=Callable[[Any], Any])
 
 @attrs.frozen(slots=True, kw_only=True)
 class FeedStats:
-    """A snapshot of a feed's counters (``feed.stats``)."""
+    """A snapshot of a feed's counters (``feed.stats``).
+
+    ``pending_events``: events waiting for callbacks now. ``quotes_coalesced`` /
+    ``quotes_dropped``: quotes replaced by a newer one of the same instrument / dropped to
+    keep at most ``max_pending_quotes`` waiting. ``dropped_at_stop``: events still
+    undelivered when a ``stop()`` deadline passed (the only account events ever dropped).
+    """
 
     state: str
     messages: int
@@ -106,6 +134,8 @@ class FeedStats:
     callback_errors: int
     quotes_coalesced: int
     pending_events: int
+    quotes_dropped: int = 0
+    dropped_at_stop: int = 0
     last_message_at: Optional[_dt.datetime]
     connected_since: Optional[_dt.datetime]
     extra: Mapping[str, int] = attrs.field(factory=dict)
@@ -118,6 +148,16 @@ class Feed(abc.ABC, Generic[P]):
     the defaults are the brokers' documented cadences (subclasses set their own).
     ``max_message_size`` bounds what one message from the server may cost in memory:
     a larger one fails the connection (reported to ``on_error``) and the feed reconnects.
+
+    Memory under a slow consumer: at most ``max_pending_quotes`` quotes ever wait (older
+    ones are coalesced or dropped, see :mod:`brokerfeeds.dispatch`); account events are
+    never dropped, so their backlog grows with memory. Past ``max_pending_events`` waiting
+    events the feed logs a WARNING once and passes a :class:`BacklogWarning` to
+    ``on_error`` (again only after the backlog fell under half of it); nothing else changes.
+
+    Lifetime: call :meth:`stop` (or use ``with``). A running feed is kept alive by its own
+    threads — dropping every reference to it does not stop it; at interpreter exit a hook
+    stops it (one second to deliver what waits; what is dropped is logged).
     """
 
     broker: ClassVar[str] = "generic"
@@ -152,6 +192,7 @@ class Feed(abc.ABC, Generic[P]):
         ping_interval: Optional[float] = None,
         rest_timeout: float = 10.0,
         max_pending_quotes: int = 10_000,
+        max_pending_events: int = 100_000,
         max_message_size: int = 16 * 1024 * 1024,
         name: Optional[str] = None,
     ) -> None:
@@ -186,7 +227,8 @@ class Feed(abc.ABC, Generic[P]):
             logger or logging.getLogger("brokerfeeds"), self._redactor, prefix=f"[{self.name}] "
         )
         self._callbacks = CallbackRegistry()
-        self._dispatcher = Dispatcher(dispatch, self._callbacks, self._log, self.name, max_pending_quotes)
+        self._dispatcher = Dispatcher(dispatch, self._callbacks, self._log, self.name, max_pending_quotes,
+                                      max_pending_events, on_crash=self._dispatcher_crashed)
         self._rest: Optional[RestClient] = (
             RestClient(rest_url, verify=verify, timeout=rest_timeout, redactor=self._redactor,
                        error_text=self._rest_error_text)
@@ -196,6 +238,10 @@ class Feed(abc.ABC, Generic[P]):
         self._kinds: Dict[type, str] = dict(self.EVENT_KINDS)
         self._owner: AdapterOwner[P] = AdapterOwner(self._hand_over, self._after_hand_over)
         self._book = SubscriptionBook()  # changed only under the owner's lock
+        # The current run and its parts (the supervisor, scheduler and stop event are the
+        # current run's; threads of earlier runs hold their own).
+        self._run: Optional[Run] = None
+        self._thread_runs: "weakref.WeakKeyDictionary[threading.Thread, Run]" = weakref.WeakKeyDictionary()
         self._supervisor: Optional[Supervisor] = None
         self._scheduler: Optional[RestScheduler] = None
         self._refresh_pending: Set[str] = set()
@@ -204,7 +250,7 @@ class Feed(abc.ABC, Generic[P]):
         self._state = "idle"
         self._state_cond = threading.Condition()
         self._start_lock = threading.Lock()
-        self._stop_event = threading.Event()
+        self._idle_stop = threading.Event()  # what _stop_event is before the first start()
         self._fatal_error: Optional[BrokerFeedsError] = None
         self._warned_insecure = False
         # Counters (written by one thread each; read for stats).
@@ -312,19 +358,27 @@ class Feed(abc.ABC, Generic[P]):
             callback_errors=self._dispatcher.callback_errors,
             quotes_coalesced=self._dispatcher.quotes_coalesced,
             pending_events=self._dispatcher.pending,
+            quotes_dropped=self._dispatcher.quotes_dropped,
+            dropped_at_stop=self._dispatcher.dropped_at_stop,
             last_message_at=_wall(self._last_message_at),
             connected_since=_wall(self._connected_since),
             extra=extra,
         )
 
     def start(self) -> "Feed[P]":
-        """Start the feed's threads and return at once (idempotent while running)."""
+        """Start the feed's threads and return at once (idempotent while running).
+
+        A stopped feed starts again at once, even while a thread of its previous run is
+        still finishing (a callback or an HTTP call that outlived ``stop()``'s timeout):
+        that thread ends by itself and never touches the new run, and the new run's first
+        callback waits until the old run's running callback returned (callbacks of one
+        feed never run two at a time).
+        """
         with self._start_lock:
             if self._state not in ("idle", "stopped"):
                 return self
-            if any(t.is_alive() for t in self._threads()):
-                raise RuntimeError("the previous run of this feed is still stopping")
-            self._stop_event.clear()
+            run = Run()
+            self._run = run
             self._fatal_error = None
             self._refresh_pending.clear()
             self._owner.install(self._new_protocol())
@@ -332,47 +386,67 @@ class Feed(abc.ABC, Generic[P]):
             if self.verify is False and not self._warned_insecure:
                 self._warned_insecure = True
                 self._log.warning("TLS certificate verification is OFF (verify=False)")
-            self._dispatcher.start()
+            run.lane = self._dispatcher.start()
             if self._rest is not None:
-                self._scheduler = RestScheduler(f"brokerfeeds-{self.name}-rest", self._periodic_jobs(),
-                                                lambda: self._owner.ready, self._job_failed)
-                self._scheduler.start()
-            self._supervisor = Supervisor(self)
-            self._supervisor.start()
+                run.scheduler = RestScheduler(f"brokerfeeds-{self.name}-rest", self._periodic_jobs(),
+                                              lambda: self._owner.ready, self._job_failed,
+                                              lambda exc: self._thread_crashed("rest", exc))
+            self._scheduler = run.scheduler
+            self._supervisor = run.supervisor = Supervisor(self, run)
+            _running.add(self)
+            if run.scheduler is not None:
+                run.scheduler.start()
+            run.supervisor.start()
+            for thread in run.threads():
+                self._thread_runs[thread] = run
         return self
 
     def stop(self, timeout: float = 5.0) -> bool:
-        """Stop and join every thread the feed started; True if all ended in time.
+        """Stop the feed; True if every thread it started ended within ``timeout`` seconds.
 
-        Idempotent, and safe from any thread. Events already queued are delivered first.
-        Called from one of the feed's own threads (inside a callback), it cannot wait
-        for that thread: it starts the shutdown, returns False at once, and the feed
-        finishes stopping as soon as the callback returns. A stopped feed can be
-        started again.
+        Idempotent, and safe from any thread. Events already queued are still delivered
+        while time remains; when ``timeout`` has passed, those not delivered yet are
+        dropped — counted in ``stats.dropped_at_stop`` and logged once with the count —
+        and **after stop() returns no callback starts** (one already running may finish).
+        In ``dispatch="queue"`` mode nothing is dropped: what was queued stays for
+        ``process_events()`` until the next ``start()``.
+
+        It never waits past ``timeout``: a thread still busy then (a slow callback, HTTP
+        call or token provider) is named in a warning, ``stop()`` returns False, and that
+        thread ends by itself as soon as its call returns (what it reports afterwards is
+        ignored). The feed is "stopped" either way and may be started again at once.
+
+        Called from one of the feed's own threads (inside a callback), it cannot wait for
+        that thread: it starts the shutdown and returns False at once; the feed finishes
+        stopping (within ``timeout``) as soon as the callback returns.
         """
-        deadline = _monotonic() + timeout
-        self._stop_event.set()
-        supervisor, scheduler = self._supervisor, self._scheduler
+        deadline = _monotonic() + max(0.0, timeout)
+        run = self._run
+        if run is None:
+            self._set_state("stopped")
+            return True
+        if deadline < run.deadline:
+            run.deadline = deadline
+        run.stop_event.set()
+        supervisor, scheduler, lane = run.supervisor, run.scheduler, run.lane
         if supervisor is not None:
             supervisor.abort()
         if scheduler is not None:
             scheduler.stop()
-        if threading.current_thread() in self._threads():
+        if threading.current_thread() in self._thread_runs:
             return False  # the io thread completes the shutdown (Feed._finish_run)
-        ended = True
+        run.waited = True
         io = supervisor.thread if supervisor is not None else None
         if io is not None:
             io.join(max(0.0, deadline - _monotonic()))
-            ended = not io.is_alive()
+        if lane is not None:
+            # The io thread's last act starts this; if it is stuck, start it here.
+            self._dispatcher.begin_stop(lane, run.deadline)
         if scheduler is not None:
-            ended = scheduler.join(max(0.0, deadline - _monotonic())) and ended
-        ended = self._dispatcher.stop(max(0.0, deadline - _monotonic())) and ended
-        if self._rest is not None:
-            self._rest.close()
-        self._set_state("stopped")
-        if not ended:
-            self._log.warning("stop(): some threads did not end within %.1fs", timeout)
-        return ended
+            scheduler.join(max(0.0, deadline - _monotonic()))
+        if lane is not None:
+            self._dispatcher.finish_stop(lane, min(deadline, run.deadline))
+        return self._settle(run, f"within stop({timeout:g})")
 
     def run_forever(self) -> None:
         """Start (if needed) and block until the feed stops; raises its fatal error, if any.
@@ -534,14 +608,21 @@ class Feed(abc.ABC, Generic[P]):
         deliver its outputs in order; False if the feed has no adapter (never started).
 
         An exception other than :class:`ProtocolError` raised by the adapter is turned
-        into one and re-raised, so callers handle only that.
+        into one and re-raised, so callers handle only that. Called on a thread of a run
+        that is over (a slow REST call that outlived ``stop()``), it changes nothing and
+        returns False: the next run reconciles for itself.
         """
+        if self._stale():
+            self._log.debug("a late result of a stopped run was ignored")
+            return False
         try:
-            return self._owner.drive(fn)
+            driven = self._owner.drive(fn)
         except ProtocolError:
             raise
         except Exception as exc:  # noqa: BLE001 - only ProtocolError leaves an adapter
             raise protocol_error(exc, "adapter rejected a REST result") from exc
+        self._dispatcher.check_backlog()  # a REST snapshot may bring many events at once
+        return driven
 
     T = TypeVar("T")
 
@@ -550,7 +631,7 @@ class Feed(abc.ABC, Generic[P]):
         return self._owner.query(fn, default)
 
     def _register_secret(self, *secrets: Any) -> None:
-        """Mask these values in every log line, repr and error from now on."""
+        """Mask these values in every log line, repr, error and notice text from now on."""
         self._redactor.add(*secrets)
 
     def _request_reconnect(self, reason: str, immediate: bool = False) -> None:
@@ -560,8 +641,12 @@ class Feed(abc.ABC, Generic[P]):
             supervisor.request_reconnect(Reconnect(reason, immediate))
 
     def _report(self, error: BrokerFeedsError, level: int = logging.WARNING) -> None:
-        """Log ``error`` and pass it to ``on_error``."""
-        self._log.log(level, "%s: %s", type(error).__name__, error)
+        """Log ``error`` and pass it to ``on_error``, its message masked (in place: type
+        and attributes kept). Ignored on a thread of a run that is over."""
+        if self._stale():
+            return
+        self._redactor.redact_error(error)
+        self._log.log(level, "%s: %s", type(error).__name__, safe_str(error))
         self._dispatcher.put("error", error)
 
     # ================================================================ adapter outputs
@@ -581,6 +666,8 @@ class Feed(abc.ABC, Generic[P]):
                 self._events += 1
                 if kind == "quote" and isinstance(out, ev.Quote):
                     dispatcher.put_quote(out.instrument, out)
+                elif kind == "notice" and isinstance(out, ev.Notice):
+                    dispatcher.put(kind, self._masked(out))
                 else:
                     dispatcher.put(kind, out)
             elif isinstance(out, RawMessage):
@@ -617,6 +704,11 @@ class Feed(abc.ABC, Generic[P]):
                     supervisor.request_reconnect(out)
             elif isinstance(out, Fatal):
                 self._fail(out.error)
+
+    def _masked(self, notice: ev.Notice) -> ev.Notice:
+        """``notice`` with known secrets masked in its text (``raw`` stays raw)."""
+        text = self._redactor.redact(notice.text)
+        return notice if text == notice.text else attrs.evolve(notice, text=text)
 
     def _on_ready(self, late: List[Control]) -> None:
         """The session became usable: send the whole book, then say so (under the lock)."""
@@ -662,29 +754,100 @@ class Feed(abc.ABC, Generic[P]):
     # ================================================================ failures and shutdown
     def _fail(self, error: BrokerFeedsError) -> None:
         """Stop the feed because of ``error`` (reported to on_error and run_forever)."""
+        if self._stale():
+            return
+        self._redactor.redact_error(error)
         if self._fatal_error is None:
             self._fatal_error = error
         self._report(error, logging.ERROR)
         self.stop()  # from a feed thread: starts the shutdown, the io thread completes it
 
-    def _finish_run(self) -> None:
-        """The io thread's last act: end the other threads and say "stopped"."""
-        self._stop_event.set()
-        scheduler = self._scheduler
+    def _thread_crashed(self, which: str, exc: BaseException) -> None:
+        """A feed thread died of an unexpected exception (a bug): say so and stop. Never raises."""
+        try:
+            text = safe_repr(exc)
+            self._log.error("%s thread crashed: %s", which, text, exc_info=exc)
+            error = BrokerFeedsError(f"internal error: the {which} thread crashed: {text}")
+            error.__cause__ = exc
+            self._fail(error)
+        except BaseException:  # noqa: BLE001 - the thread is ending; this is the last word
+            pass
+
+    def _dispatcher_crashed(self, lane: Lane, exc: BaseException) -> None:
+        """The dispatch thread died (a bug). It is the thread that runs on_error, so the
+        error is delivered here and now, on the dying thread; then the feed stops."""
+        try:
+            text = safe_repr(exc)
+            self._log.error("dispatch thread crashed: %s", text, exc_info=exc)
+            run = self._run
+            if run is None or run.lane is not lane or run.stop_event.is_set():
+                return
+            error = BrokerFeedsError(f"internal error: the dispatch thread crashed: {text}")
+            error.__cause__ = exc
+            self._redactor.redact_error(error)
+            if self._fatal_error is None:
+                self._fatal_error = error
+            self._dispatcher.notify_error(error)
+            self.stop()
+        except BaseException:  # noqa: BLE001 - the thread is ending; this is the last word
+            pass
+
+    def _finish_run(self, run: "Run") -> None:
+        """The io thread's last act: end the run's other threads and say "stopped"."""
+        run.stop_event.set()
+        if run.deadline == float("inf"):
+            run.deadline = _monotonic() + 5.0
+        scheduler, lane = run.scheduler, run.lane
         if scheduler is not None:
             scheduler.stop()
-            scheduler.join(5.0)
-        self._dispatcher.stop(5.0)
-        if self._rest is not None:
-            self._rest.close()
-        self._set_state("stopped")
+        if lane is not None:
+            self._dispatcher.begin_stop(lane, run.deadline)
+        if run.waited:
+            return  # a stop() caller waits for the threads and finishes the shutdown
+        # Nobody waits (a fatal error, or stop() from inside a callback): finish here, no
+        # later than the deadline, unless a stop() caller arrives and takes over.
+        me = threading.current_thread()
+        others = [t for t in run.threads() if t is not me]
+        while not run.waited and any(t.is_alive() for t in others):
+            remaining = run.deadline - _monotonic()
+            if remaining <= 0:
+                break
+            for thread in others:
+                thread.join(min(0.05, remaining))
+        if run.waited:
+            return
+        if lane is not None:
+            self._dispatcher.finish_stop(lane, run.deadline)
+        self._settle(run, "by the stop deadline")
+
+    def _settle(self, run: "Run", when: str) -> bool:
+        """The last step of stopping ``run``: say "stopped" and name any thread left behind."""
+        if run is self._run:
+            if self._rest is not None:
+                self._rest.close()
+            self._set_state("stopped")
+            _running.discard(self)
+        me = threading.current_thread()
+        left = [t.name for t in run.threads() if t is not me and t.is_alive()]
+        if left:
+            self._log.warning("stop(): %s did not end %s; left behind, it ends by itself when its "
+                              "current call returns (no callback starts, nothing it reports is used)",
+                              ", ".join(left), when)
+        return not left
 
     def _job_failed(self, name: str, exc: BaseException) -> None:
         if isinstance(exc, BrokerFeedsError):
             self._report(exc)
             return
-        self._log.error("%s failed: %r", name, exc, exc_info=exc)
-        self._dispatcher.put("error", BrokerFeedsError(self._redactor.redact(f"{name} failed: {exc!r}")))
+        if self._stale():
+            return
+        try:
+            text = safe_repr(exc)
+            self._log.error("%s failed: %s", name, text, exc_info=exc)
+            error = BrokerFeedsError(f"{name} failed: {text}")
+            self._dispatcher.put("error", self._redactor.redact_error(error))
+        except BaseException:  # noqa: BLE001 - reporting a failure must not fail the thread
+            pass
 
     def _bad_frame(self, data: bytes, exc: BaseException) -> None:
         self._malformed += 1
@@ -694,25 +857,100 @@ class Feed(abc.ABC, Generic[P]):
             error = ProtocolError(f"could not decode frame: {type(exc).__name__}: {exc}", excerpt(data))
             error.__cause__ = exc
         error.frame = self._redactor.redact(excerpt(data))
-        self._log.warning("bad frame ignored (%s): %s", error, error.frame)
+        self._redactor.redact_error(error)
+        self._log.warning("bad frame ignored (%s): %s", safe_str(error), error.frame)
         self._dispatcher.put("error", error)
 
     # ================================================================ internals
     def _threads(self) -> List[threading.Thread]:
-        threads = [self._dispatcher.thread]
-        if self._supervisor is not None:
-            threads.append(self._supervisor.thread)
-        if self._scheduler is not None:
-            threads.append(self._scheduler.thread)
-        return [t for t in threads if t is not None]
+        """The current run's threads."""
+        return self._run.threads() if self._run is not None else []
+
+    @property
+    def _stop_event(self) -> threading.Event:
+        """Set once the run is stopping: the calling thread's own run (a REST job of a run
+        that is over sees its run's event set, and ends early), else the current run's."""
+        run = self._thread_runs.get(threading.current_thread()) or self._run
+        return run.stop_event if run is not None else self._idle_stop
+
+    def _is_current(self, run: "Run") -> bool:
+        return run is self._run
+
+    def _stale(self) -> bool:
+        """True on a thread of this feed whose run is over or ending: what it reports now
+        (late REST results, errors of a connection being closed) must not reach the feed."""
+        run = self._thread_runs.get(threading.current_thread())
+        return run is not None and (run is not self._run or run.stop_event.is_set())
 
     def _set_state(self, state: str, restart: bool = False) -> None:
+        if state != "stopped" and not restart and self._stale():
+            return  # a run that is over or ending never moves the state again
         with self._state_cond:
             if self._state == "stopped" and not restart:
                 return  # only start() leaves "stopped"
             if self._state != state:
                 self._state = state
                 self._state_cond.notify_all()
+
+
+class Run:
+    """One run of a feed, from ``start()`` until it has stopped, and the threads serving it.
+
+    A thread of a run that is over may outlive it (a callback or an HTTP call that did not
+    return within ``stop()``'s timeout): it holds its own run's stop event and lane, and
+    what it reports afterwards is ignored, so it never touches the next run.
+    """
+
+    __slots__ = ("stop_event", "supervisor", "scheduler", "lane", "deadline", "waited", "__weakref__")
+
+    def __init__(self) -> None:
+        self.stop_event = threading.Event()
+        self.supervisor: Optional[Supervisor] = None
+        self.scheduler: Optional[RestScheduler] = None
+        self.lane: Optional[Lane] = None
+        #: When stop()'s time is up (monotonic): the earliest of every stop() call's.
+        self.deadline = float("inf")
+        #: A stop() caller (not a feed thread) waits for this run's threads and finishes.
+        self.waited = False
+
+    def threads(self) -> List[threading.Thread]:
+        """This run's threads that were started."""
+        candidates = (
+            self.supervisor.thread if self.supervisor is not None else None,
+            self.scheduler.thread if self.scheduler is not None else None,
+            self.lane.thread if self.lane is not None else None,
+        )
+        return [t for t in candidates if t is not None]
+
+
+#: Feeds started and not yet stopped. Weak: it never keeps a feed alive by itself.
+_running: "weakref.WeakSet[Feed[Any]]" = weakref.WeakSet()
+
+#: Seconds the interpreter-exit hook gives each running feed to deliver what waits.
+EXIT_TIMEOUT = 1.0
+
+
+def _stop_running_feeds() -> None:
+    """At interpreter exit, stop every feed still running.
+
+    Feed threads are daemons: without this, callbacks still queued would vanish silently
+    when the interpreter ends. Each feed gets :data:`EXIT_TIMEOUT` seconds; what it drops
+    is logged.
+    """
+    for feed in list(_running):
+        try:
+            dispatcher = feed._dispatcher
+            before, waiting = dispatcher.dropped_at_stop, dispatcher.pending
+            feed.stop(EXIT_TIMEOUT)
+            dropped = dispatcher.dropped_at_stop - before
+            unpumped = dispatcher.pending if dispatcher.mode == "queue" else 0
+            feed._log.warning("stopped at interpreter exit (call stop() or use `with`): %d event(s) were "
+                              "waiting, %d dropped", waiting, dropped + unpumped)
+        except Exception:  # noqa: BLE001 - one feed's trouble must not keep the others running
+            pass
+
+
+atexit.register(_stop_running_feeds)
 
 
 def _check_rest_url(url: str) -> None:

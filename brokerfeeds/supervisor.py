@@ -8,6 +8,11 @@ before the next attempt. It never runs user code unless ``dispatch="inline"``.
 
 Everything it tells the adapter goes through the feed's adapter owner (one lock from the
 adapter call to the hand-over of its outputs; see :mod:`brokerfeeds.owner`).
+
+One supervisor serves one run of the feed and watches that run's own stop event: an
+``io`` thread that outlives ``stop()`` (blocked in a slow token provider, say) ends as
+soon as it returns, without touching the run that a later ``start()`` began. If the
+thread ever dies of an unexpected exception (a bug), the feed reports it and stops.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from .reconnect import Backoff
 from .transport import FRAME_BINARY, FRAME_TEXT, Closed, Connection
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .feed import Feed
+    from .feed import Feed, Run
 
 __all__ = ["Supervisor", "Liveness"]
 
@@ -97,10 +102,13 @@ class Liveness:
 
 
 class Supervisor:
-    """Runs the ``io`` thread of one feed run. ``feed`` supplies the hooks and the owner."""
+    """Runs the ``io`` thread of one feed run. ``feed`` supplies the hooks and the owner;
+    ``run`` is the run it serves (its stop event, and how the feed ends it)."""
 
-    def __init__(self, feed: "Feed[Any]") -> None:
+    def __init__(self, feed: "Feed[Any]", run: "Run") -> None:
         self._feed = feed
+        self._run_state = run
+        self._stop = run.stop_event
         self._lock = threading.Lock()
         self._conn: Optional[Connection] = None
         self._reconnect: Optional[Reconnect] = None
@@ -141,7 +149,7 @@ class Supervisor:
     # ------------------------------------------------------------------ the thread
     def _run(self) -> None:
         feed = self._feed
-        stop = feed._stop_event
+        stop = self._stop
         backoff = Backoff(feed.reconnect_policy)
         try:
             while not stop.is_set():
@@ -168,7 +176,7 @@ class Supervisor:
                 if healthy:
                     backoff = backoff.reset()
                 if stop.is_set():
-                    if self.has_connected:
+                    if self.has_connected and feed._is_current(self._run_state):
                         error = feed._fatal_error
                         feed._dispatcher.put("disconnect", ev.Disconnected(
                             broker=feed.broker, reason=str(error) if error is not None else "stopped",
@@ -189,10 +197,9 @@ class Supervisor:
                 feed._log.info("reconnecting in %.2fs", backoff.delay)
                 stop.wait(backoff.delay)
         except BaseException as exc:  # noqa: BLE001 - a bug must surface, never kill the feed silently
-            feed._log.error("I/O thread crashed: %r", exc, exc_info=exc)
-            feed._fail(BrokerFeedsError(feed._redactor.redact(f"internal error: {exc!r}")))
+            feed._thread_crashed("io", exc)
         finally:
-            feed._finish_run()
+            feed._finish_run(self._run_state)
 
     def _open(self) -> Connection:
         """One connection attempt (with one immediate retry after refreshed credentials)."""
@@ -208,13 +215,13 @@ class Supervisor:
             except BrokerFeedsError as exc:
                 with self._lock:
                     self._conn = None
-                if not isinstance(exc, AuthenticationError) or feed._stop_event.is_set() \
+                if not isinstance(exc, AuthenticationError) or self._stop.is_set() \
                         or not feed._retry_auth(exc):
                     raise
                 feed._log.info("credentials rejected; retrying with refreshed credentials")
                 continue
             with self._lock:
-                if feed._stop_event.is_set():
+                if self._stop.is_set():
                     conn.close()
                     raise ConnectionFailed("stopped while connecting")
                 self._conn = conn
@@ -226,7 +233,7 @@ class Supervisor:
         """Remember a connection still in its handshake, so stop() can abort it."""
         with self._lock:
             self._conn = conn
-        if self._feed._stop_event.is_set():
+        if self._stop.is_set():
             conn.abort()
 
     def _serve(self, conn: Connection) -> Tuple[str, Optional[Reconnect]]:
@@ -240,7 +247,7 @@ class Supervisor:
         widen = owner.between_change_and_hand_over
         after = feed._after_hand_over
         dispatcher = feed._dispatcher
-        stop = feed._stop_event
+        stop = self._stop
         debug = feed._log.isEnabledFor(logging.DEBUG)
         now = _monotonic()
         live = Liveness(now, stale_after=feed.stale_after, heartbeat_interval=feed.heartbeat_interval,
