@@ -395,10 +395,11 @@ class Feed(abc.ABC, Generic[P]):
             self._supervisor = run.supervisor = Supervisor(self, run)
             _running.add(self)
             if run.scheduler is not None:
-                run.scheduler.start()
-            run.supervisor.start()
+                run.scheduler.start()  # idle until the io thread connects
+            # Known as this run's threads before the io thread can act (it may fail at once).
             for thread in run.threads():
                 self._thread_runs[thread] = run
+            run.supervisor.start()
         return self
 
     def stop(self, timeout: float = 5.0) -> bool:
@@ -433,7 +434,8 @@ class Feed(abc.ABC, Generic[P]):
             supervisor.abort()
         if scheduler is not None:
             scheduler.stop()
-        if threading.current_thread() in self._thread_runs:
+        me = threading.current_thread()
+        if me in self._thread_runs or me in run.threads():
             return False  # the io thread completes the shutdown (Feed._finish_run)
         run.waited = True
         io = supervisor.thread if supervisor is not None else None

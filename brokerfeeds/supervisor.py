@@ -113,12 +113,14 @@ class Supervisor:
         self._conn: Optional[Connection] = None
         self._reconnect: Optional[Reconnect] = None
         self.has_connected = False
-        self.thread: Optional[threading.Thread] = None
+        #: Created here, started by :meth:`start`: the feed knows its threads before they run.
+        self.thread: Optional[threading.Thread] = threading.Thread(
+            target=self._run, name=f"brokerfeeds-{feed.name}-io", daemon=True)
 
     # ------------------------------------------------------------------ control from other threads
     def start(self) -> None:
         """Start the ``io`` thread."""
-        self.thread = threading.Thread(target=self._run, name=f"brokerfeeds-{self._feed.name}-io", daemon=True)
+        assert self.thread is not None
         self.thread.start()
 
     def abort(self) -> None:
