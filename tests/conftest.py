@@ -9,6 +9,11 @@ import pytest
 from helpers import feed_threads, wait_until
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--attack-long", action="store_true", default=False,
+                     help="run the attack tests (tests/attacks) at full size (slow)")
+
+
 @pytest.fixture(autouse=True)
 def no_leaked_threads():
     """Every test must leave no feed thread behind."""

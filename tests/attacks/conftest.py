@@ -1,9 +1,8 @@
 """Options and fixtures of the attack tests.
 
-``--attack-long`` (or ``BROKERFEEDS_ATTACK_LONG=1`` in the environment) runs them at full
-size (e.g. 25,000 instruments); by default sizes stay small so the suite stays fast.
-The option is registered when pytest starts from this directory or a file in it
-(``pytest --attack-long tests/attacks``); the environment variable works from anywhere.
+``--attack-long`` (registered in ``tests/conftest.py``, so it works from the repository
+root: ``pytest --attack-long``) or ``BROKERFEEDS_ATTACK_LONG=1`` runs them at full size
+(e.g. 25,000 instruments); by default sizes stay small so the suite stays fast.
 """
 
 from __future__ import annotations
@@ -11,11 +10,6 @@ from __future__ import annotations
 import os
 
 import pytest
-
-
-def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.addoption("--attack-long", action="store_true", default=False,
-                     help="run the attack tests at full size (slow)")
 
 
 @pytest.fixture
