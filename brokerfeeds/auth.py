@@ -4,12 +4,13 @@ provider any broker can use (:class:`ClientCredentials`)."""
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from typing import Any, Callable, Optional, Tuple, Union
 
-from .errors import ProtocolError
-from .redact import Redactor
+from .errors import BrokerFeedsError, ConnectionFailed, ProtocolError
+from .redact import MASK, Redactor
 from .rest import RestClient
 from .protocol import first
 from .values import to_decimal, to_text
@@ -27,6 +28,13 @@ class TokenSource:
     more: a *different* token means "try again", the same one (or no provider) means
     "give up" — so a bad credential never turns into a retry storm. Every token seen is
     registered with the feed's redactor.
+
+    A provider that raises (anything but a :class:`~brokerfeeds.errors.BrokerFeedsError`,
+    which passes through: e.g. :class:`ClientCredentials` refused with 401 is an
+    :class:`~brokerfeeds.errors.AuthenticationError`) or returns no token (None, ``""``,
+    not a str) makes :meth:`current` and :meth:`refresh` raise
+    :class:`~brokerfeeds.errors.ConnectionFailed` naming the provider's failure (redacted,
+    never a token): a failed connect attempt like any other, retried with backoff.
     """
 
     def __init__(
@@ -53,7 +61,7 @@ class TokenSource:
         return f"TokenSource({kind}, token=***)"
 
     def current(self) -> str:
-        """The token to use now (asks the provider, if any)."""
+        """The token to use now (asks the provider, if any; see the class docs for failures)."""
         with self._lock:
             if self._provider is not None:
                 self._token = self._call_provider()
@@ -71,9 +79,22 @@ class TokenSource:
 
     def _call_provider(self) -> str:
         assert self._provider is not None
-        token = self._provider()
-        if not isinstance(token, str) or not token:
-            raise TypeError("token_provider must return a non-empty str")
+        try:
+            token = self._provider()
+        except BrokerFeedsError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a user's provider failing is a failed attempt
+            # "from None": the provider's own exception (and its traceback) may hold a token,
+            # a new one the redactor cannot know yet: its message is masked twice.
+            reason = _mask_opaque(self._redactor.redact(str(exc)))
+            raise ConnectionFailed(f"token provider failed: {type(exc).__name__}" + (f": {reason}" if reason else "")) \
+                from None
+        if token is None:
+            raise ConnectionFailed("token provider returned None instead of a token")
+        if not isinstance(token, str):
+            raise ConnectionFailed(f"token provider returned a {type(token).__name__}, not a str token")
+        if not token.strip():
+            raise ConnectionFailed("token provider returned an empty token")
         self._redactor.add(token)
         return token
 
@@ -156,6 +177,20 @@ class ClientCredentials:
         self._token = token
         self._renew_at = self._clock() + max(0.0, seconds - min(self.refresh_margin, seconds / 2))
         self.fetches += 1
+
+
+_OPAQUE = re.compile(r"[A-Za-z0-9._~+/=-]{16,}")
+
+
+def _mask_opaque(text: str) -> str:
+    """``text`` with every word that may be a token (16 or more characters of a token's
+    alphabet, letters and digits both) masked: for messages that may hold a token not
+    registered anywhere (a provider's exception naming the token it could not renew)."""
+    def mask(match: "re.Match[str]") -> str:
+        word = match.group()
+        return MASK if any(c.isdigit() for c in word) and any(c.isalpha() for c in word) else word
+
+    return _OPAQUE.sub(mask, text)
 
 
 def _oauth_error_text(body: Any) -> Optional[str]:

@@ -30,6 +30,11 @@ may leave an input method on bad input; the owner turns anything else into one.
 from __future__ import annotations
 
 import abc
+import functools
+import inspect
+import itertools
+import json
+import reprlib
 from types import MappingProxyType
 from typing import (Any, Callable, Dict, Generic, Hashable, Iterable, List, Mapping, Optional, Sequence, Tuple,
                     TypeVar, Union, cast)
@@ -55,6 +60,11 @@ __all__ = [
     "Protocol",
     "Handler",
     "Routes",
+    "parse_json",
+    "item_excerpt",
+    "skipped",
+    "undecodable",
+    "only_protocol_errors",
 ]
 
 Frame = Union[str, bytes]
@@ -255,11 +265,131 @@ def excerpt(data: Any, limit: int = 200) -> str:
 
 def parse_json(data: Union[bytes, str]) -> Any:
     """A frame decoded as JSON (orjson with the ``fast`` extra); :class:`ProtocolError`
-    with an excerpt of the frame when it is not JSON."""
+    with an excerpt of the frame when it is not JSON, invalid UTF-8 included, or nested
+    too deeply to decode (orjson refuses more than 1024 levels; the standard library's
+    decoder runs out of stack and raises :class:`RecursionError`, caught here)."""
     try:
         return loads(data)
     except ValueError:
         raise ProtocolError("frame is not JSON", excerpt(data)) from None
+    except RecursionError:
+        raise ProtocolError("frame is not JSON: nested too deeply to decode", excerpt(data)) from None
+
+
+# ------------------------------------------------------------------ the adapter boundary
+# Only ProtocolError may leave an adapter, and one bad item of a frame must not cost its
+# neighbours. Both rules are written once, here:
+#
+# * per item: every loop over the items of a frame (orders of an IBKR ``sor``, rows of a
+#   REST snapshot, the data of a Clear Street frame) wraps one item in ``try`` and turns
+#   whatever it raised into ``skipped(what, item, exc)``, a Report carrying an excerpt of
+#   the item; the loop goes on with the next item. A plain try/except, not a context
+#   manager: on CPython 3.11 a ``with`` block on a reused guard object costs ~0.4 us per
+#   item (measured), a ``try`` nothing until something raises, and IBKR ``sor`` and Clear
+#   Street frames are the benchmarked hot paths.
+# * per input: ``@only_protocol_errors`` on ``on_frame`` (and the REST inputs) turns what
+#   is left (a TypeError, decimal.InvalidOperation, RecursionError from a message nested a
+#   thousand deep, ...) into a ProtocolError carrying an excerpt of the frame.
+
+#: Decorated input methods keep their exact signature.
+InputT = TypeVar("InputT", bound=Callable[..., List[Any]])
+
+
+def item_excerpt(item: Any, limit: int = 200) -> str:
+    """A short printable excerpt of a decoded item (dict, list or value) for error
+    messages; never raises (an item nested too deeply to print is named by its type)."""
+    if isinstance(item, (str, bytes, bytearray)):
+        return excerpt(item, limit)
+    try:
+        text = json.dumps(item, default=repr, ensure_ascii=False)
+    except Exception:  # noqa: BLE001 - RecursionError, circular references, a failing repr
+        try:
+            text = _SHALLOW.repr(item)  # a few levels deep only: never recurses far
+        except Exception:  # noqa: BLE001
+            text = f"<{type(item).__name__}>"
+    return excerpt(text, limit)
+
+
+class _ShallowRepr(reprlib.Repr):
+    """``reprlib`` (a few levels deep only), dicts in their own order (not sorted)."""
+
+    def repr_dict(self, x: Dict[Any, Any], level: int) -> str:
+        if not x:
+            return "{}"
+        if level <= 0:
+            return "{...}"
+        pieces = [f"{self.repr1(k, level - 1)}: {self.repr1(v, level - 1)}"
+                  for k, v in itertools.islice(x.items(), self.maxdict)]
+        if len(x) > self.maxdict:
+            pieces.append("...")
+        return "{" + ", ".join(pieces) + "}"
+
+
+_SHALLOW = _ShallowRepr()
+_SHALLOW.maxlevel = 4
+_SHALLOW.maxstring = _SHALLOW.maxother = 80
+
+
+def skipped(what: str, item: Any, exc: Exception) -> Report:
+    """The :class:`Report` for one item that could not be decoded (``what`` names it, e.g.
+    ``"IBKR order"``): a :class:`ProtocolError` with an excerpt of the item. The caller
+    skips the item alone and goes on with its neighbours."""
+    reason = str(exc) if isinstance(exc, ProtocolError) else _reason(exc)
+    error = ProtocolError(f"{what} skipped: {reason}", item_excerpt(item))
+    error.__cause__ = exc
+    return Report(error)
+
+
+def undecodable(exc: Exception, data: Any) -> ProtocolError:
+    """``exc``, raised while an adapter decoded the input ``data``, as the
+    :class:`ProtocolError` the adapter lets out (``exc`` itself if it is one)."""
+    if isinstance(exc, ProtocolError):
+        return exc
+    error = ProtocolError(f"could not decode: {_reason(exc)}", item_excerpt(data))
+    error.__cause__ = exc
+    return error
+
+
+def only_protocol_errors(method: InputT) -> InputT:
+    """Decorate an adapter input method so that only :class:`ProtocolError` leaves it
+    (anything else it raises is converted by :func:`undecodable`, excerpt of the first
+    argument, usually the frame, included)."""
+
+    code = getattr(method, "__code__", None)
+    if code is not None and code.co_argcount == 4 and not code.co_flags & (inspect.CO_VARARGS | inspect.CO_VARKEYWORDS):
+        # (self, data, binary, now)
+        # on_frame, once per frame: a wrapper of the same arity builds no *args tuple.
+        @functools.wraps(method)
+        def on_frame(self: Any, data: Any, binary: Any, now: Any) -> List[Any]:
+            try:
+                return method(self, data, binary, now)
+            except ProtocolError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the contract: only ProtocolError leaves an adapter
+                raise undecodable(exc, data) from exc
+
+        return cast(InputT, on_frame)
+
+    @functools.wraps(method)
+    def guarded(self: Any, data: Any, *args: Any, **kwargs: Any) -> List[Any]:
+        try:
+            return method(self, data, *args, **kwargs)
+        except ProtocolError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the contract: only ProtocolError leaves an adapter
+            raise undecodable(exc, data) from exc
+
+    return cast(InputT, guarded)
+
+
+def _reason(exc: BaseException) -> str:
+    """``Type: message`` of an exception, short and never raising."""
+    try:
+        text = str(exc)
+    except Exception:  # noqa: BLE001
+        text = ""
+    text = text if len(text) <= 120 else text[:120] + "..."
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def first(*values: Any) -> Optional[Any]:

@@ -3,14 +3,21 @@
 Brokers send numbers as strings, floats, ints, with thousands separators, unit
 suffixes (``1.25M``), status prefixes (IBKR's ``C123.4`` for a prior close) or
 placeholders (``""``, ``"N/A"``, ``"-"``). These helpers turn them into
-:class:`~decimal.Decimal` (never binary floats) or ``None``, and never raise.
+:class:`~decimal.Decimal` (never binary floats) or ``None``, and never raise, whatever
+they are given (a list, a dict nested a thousand deep, ``"1e999999K"``).
+
+A number is accepted only if it is finite and within what a double can hold (zero, or a
+magnitude from about 1e-324 to below 1e309; see :func:`to_decimal`): ``"1e999999"`` is
+not a price. The bound is what makes the adapters' arithmetic safe: a sum or product of
+a few accepted numbers stays far inside the decimal context (exponents up to 999999),
+so it can never raise :class:`decimal.Overflow`, and ``float(number)`` is always finite.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import json
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal, DecimalException
 from typing import Any, Callable, Dict, Optional
 
 try:  # the "fast" extra
@@ -40,10 +47,16 @@ loads: Callable[[Any], Any] = _orjson.loads if _orjson is not None else _stdlib_
 _SUFFIX = {"K": Decimal(1000), "M": Decimal(1_000_000), "B": Decimal(1_000_000_000)}
 _EXACT = 2 ** 53  # ints below this convert to float exactly
 _PLACEHOLDERS = frozenset({"", "N/A", "NA", "-", "--", "null", "None", "nan", "NaN"})
+# The accepted range of adjusted exponents (that of the most significant digit): a double's,
+# subnormals included (5e-324 ... 1.8e308).
+_MIN_EXPONENT, _MAX_EXPONENT = -324, 308
+_INT_LIMIT = 10 ** (_MAX_EXPONENT + 1)  # ints with a smaller magnitude need no exponent check
+_ZERO = Decimal(0)
 
 
 def to_decimal(value: Any) -> Optional[Decimal]:
-    """``value`` as a Decimal, or None when it is missing or not a number."""
+    """``value`` as a Decimal, or None when it is missing or not a finite number a double
+    could hold (never raises: anything else, a list or a dict included, is None)."""
     kind = type(value)
     if kind is str:
         # Brokers repeat the same few strings (prices, sizes) endlessly: remember them.
@@ -61,10 +74,12 @@ def to_decimal(value: Any) -> Optional[Decimal]:
             return number
     if value is None or isinstance(value, bool):
         return None
-    if isinstance(value, Decimal):
-        return value
-    if isinstance(value, int):
+    if kind is int and -_INT_LIMIT < value < _INT_LIMIT:
         return Decimal(value)
+    if isinstance(value, Decimal):
+        return _bounded(value)
+    if isinstance(value, int):
+        return _bounded(Decimal(int(value)))
     if isinstance(value, float):
         if value != value or value in _INFINITIES:
             return None
@@ -77,7 +92,13 @@ def to_decimal(value: Any) -> Optional[Decimal]:
                 _FLOAT_CACHE.clear()
             _FLOAT_CACHE[value] = number
         return number
-    return _text_to_decimal(str(value))
+    if isinstance(value, (dict, list, tuple, set, frozenset, bytes, bytearray)):
+        return None  # never a number; str() of a deeply nested one would even raise
+    try:
+        text = str(value)
+    except Exception:  # noqa: BLE001 - an object whose __str__ fails is not a number either
+        return None
+    return _text_to_decimal(text)
 
 
 _UNSET = object()
@@ -86,6 +107,16 @@ _CACHE_SIZE = 4096
 _TEXT_CACHE: Dict[str, Optional[Decimal]] = {}
 _FLOAT_CACHE: Dict[float, Decimal] = {}
 _EPOCH_CACHE: Dict[int, _dt.datetime] = {}
+
+
+def _bounded(number: Decimal) -> Optional[Decimal]:
+    """``number`` if it is finite and inside the accepted range, else None (a zero outside
+    it, ``0E-1000000``, is plain zero)."""
+    if not number.is_finite():
+        return None
+    if _MIN_EXPONENT <= number.adjusted() <= _MAX_EXPONENT:
+        return number
+    return None if number else _ZERO
 
 
 def _text_to_decimal(value: str) -> Optional[Decimal]:
@@ -100,21 +131,26 @@ def _text_to_decimal(value: str) -> Optional[Decimal]:
         text = text[1:]
     text = text.rstrip("%")
     try:
-        number = Decimal(text)
-    except (InvalidOperation, ValueError):
+        parsed = Decimal(text)
+    except (DecimalException, ValueError):
         return None
-    if not number.is_finite():
-        return None
-    return number * scale if scale is not None else number
+    number = _bounded(parsed)  # checked before scaling: "1e999999K" must not overflow
+    if number is None or scale is None:
+        return number
+    return _bounded(number * scale)
 
 
 def to_text(value: Any) -> Optional[str]:
-    """``value`` as a stripped string, or None when missing or empty."""
+    """``value`` as a stripped string, or None when missing, empty or not a scalar (a JSON
+    object or array is no text: never ``"{'a': 1}"``)."""
     if type(value) is str:
         return value.strip() or None
-    if value is None:
+    if value is None or isinstance(value, (dict, list, tuple, set, frozenset, bytes, bytearray)):
         return None
-    text = str(value).strip()
+    try:
+        text = str(value).strip()
+    except Exception:  # noqa: BLE001 - an object whose __str__ fails has no text
+        return None
     return text or None
 
 

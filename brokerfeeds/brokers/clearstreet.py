@@ -32,6 +32,35 @@ sequence delivered, with its trading day in America/New_York):
 * a frame of a later trading day than the mark (sequences restart at 1 each day)
   resets the mark.
 
+Values that cannot be real never move a mark (one bogus frame must not silence an
+account: a mark dated 2286 would make every real event look old, for good once
+persisted). The adapter reads no clock; it knows the server's clock from the server's
+own frames: every frame carries ``timestamp`` (ms), and the engine passes ``now``
+(monotonic seconds) with it, so ``timestamp - now`` is the offset between the two
+clocks, the same for every frame sent now (replayed frames give a smaller one: they are
+older). The offsets of a connection's recent believable frames (acks, heartbeats,
+replay-complete, and the sequenced frames that set or change an account's day), median
+taken, say what time it is on the server at any ``now``. The first is the ack of our own
+subscribe; a frame more than ``max_skew`` off is not believed and not learned from (three
+such in a row that agree with each other replace the estimate: it was the earlier ones
+that were wrong). Offsets are kept per connection (a monotonic clock stops while the
+machine sleeps).
+Then, per account, only where a frame would set or change the mark's trading day (the
+hot path compares two strings, as before):
+
+* a frame whose timestamp is more than ``max_skew`` (2 days) from the server's clock is
+  reported (:class:`Report` of a :class:`ProtocolError`), not delivered, and moves no mark;
+* a mark whose day lies after the server's present (restored from a store written by a
+  bad frame) is discarded with a report when the server's frames of today arrive (the
+  replay), so those are delivered;
+* a sequence that jumps more than ``max_sequence_jump`` (a million) past the mark, or
+  past 0 for an account or day without one, is reported, not delivered, never taken for
+  a gap to heal, and moves no mark.
+
+The feed persists only marks the server can have confirmed (see
+:func:`brokerfeeds.marks.confirmed_marks`: a recent New York trading day by the wall
+clock, no implausible jump) and ignores stored marks dated after today.
+
 Status mapping (Clear Street ``status`` → :class:`~brokerfeeds.events.OrderStatus`):
 
 =========================================================  ================
@@ -51,7 +80,6 @@ anything else                                              from ``state``
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import threading
 import time
@@ -76,7 +104,6 @@ from ..auth import TokenSource
 from ..errors import (
     AuthenticationError,
     BrokerFeedsError,
-    ConnectionFailed,
     GapDetected,
     ProtocolError,
 )
@@ -93,7 +120,8 @@ from ..events import (
     Trade,
 )
 from ..feed import Feed, PeriodicJob
-from ..marks import JsonFileMarkStore, Mark, MarkStore
+from ..marks import (MAX_SEQUENCE_JUMP, NEW_YORK, JsonFileMarkStore, Mark, MarkStore, confirmed_marks,
+                     new_york_day, plausible_marks)
 from ..protocol import (
     Fatal,
     Output,
@@ -104,9 +132,11 @@ from ..protocol import (
     Routes,
     Send,
     Subscription,
-    excerpt,
     first,
+    item_excerpt,
+    only_protocol_errors,
     parse_json,
+    skipped,
 )
 from ..state import ChangeTracker, SeenIds, map_order_status, side_of, status_table
 from ..transport import ConnectTarget
@@ -154,18 +184,23 @@ def _route_key(message: Dict[str, Any]) -> Optional[str]:
     return str(payload.get("type")) if isinstance(payload, dict) else None
 
 
-try:  # Python >= 3.9 with the system's (or the tzdata package's) time-zone database
-    from zoneinfo import ZoneInfo
-
-    _NEW_YORK: _dt.tzinfo = ZoneInfo("America/New_York")
-except Exception:  # noqa: BLE001 - no tz database: Eastern standard time is close enough for a date
-    _NEW_YORK = _dt.timezone(_dt.timedelta(hours=-5))
+_NEW_YORK = NEW_YORK
+_DAY_MS = 86_400_000.0
+_FIRST_MS, _LAST_MS = -62_135_596_800_000.0, 253_402_300_800_000.0  # 0001-01-01 .. 9999-12-31 (UTC)
 
 
 def trading_day(timestamp_ms: Any) -> Optional[str]:
     """The America/New_York date (``"YYYY-MM-DD"``) of a frame's ``timestamp`` (ms), or None."""
     moment = from_epoch_ms(timestamp_ms)
     return moment.astimezone(_NEW_YORK).date().isoformat() if moment is not None else None
+
+
+def _epoch_ms(value: Any) -> Optional[float]:
+    """A frame's ``timestamp`` as float ms (None if it is not a usable number)."""
+    if type(value) is int:
+        return float(value)
+    number = to_decimal(value)
+    return float(number) if number is not None else None
 
 
 def map_status(status: Optional[str], state: Optional[str], filled: Any = None, quantity: Any = None) -> OrderStatus:
@@ -184,6 +219,13 @@ def map_status(status: Optional[str], state: Optional[str], filled: Any = None, 
 
 
 
+def _order_id(value: Any) -> str:
+    order_id = to_text(value)
+    if order_id is None:
+        raise ProtocolError("order without a usable order_id")
+    return order_id
+
+
 def order_from(data: Mapping[str, Any], raw: Any = None, replayed: bool = False) -> Order:
     """An :class:`Order` from a Clear Street Order object (``order-update`` data or REST)."""
     quantity = to_decimal(data.get("quantity"))
@@ -193,7 +235,7 @@ def order_from(data: Mapping[str, Any], raw: Any = None, replayed: bool = False)
     return Order(
         broker=BROKER,
         account=to_text(data.get("account_id")),
-        order_id=str(data["order_id"]),
+        order_id=_order_id(data["order_id"]),
         symbol=to_text(data.get("symbol")),
         side=side_of(data.get("side")),
         quantity=quantity,
@@ -253,8 +295,13 @@ class ClearStreetProtocol(Protocol):
     broker = BROKER
     ready_on_open = True
 
-    def __init__(self, replay_timeout: float = 30.0, marks: Optional[Mapping[str, Any]] = None) -> None:
+    def __init__(self, replay_timeout: float = 30.0, marks: Optional[Mapping[str, Any]] = None, *,
+                 max_skew: float = 2 * 86_400.0, max_sequence_jump: int = MAX_SEQUENCE_JUMP) -> None:
         self.replay_timeout = replay_timeout
+        #: How far (seconds) a frame's timestamp may lie from the server's clock (module docs).
+        self.max_skew = max_skew
+        #: How far a sequence may move past the mark in one step (module docs).
+        self.max_sequence_jump = max_sequence_jump
         self._token: Optional[str] = None
         self.marks: Dict[str, int] = {}
         self.mark_days: Dict[str, Optional[str]] = {}
@@ -266,6 +313,8 @@ class ClearStreetProtocol(Protocol):
         self._broken: Set[str] = set()  # a gap was seen: ignore the account until reconnected
         self._removed: Set[str] = set()  # unsubscribed while this connection lives
         self._last_progress = 0.0
+        self._clock: Deque[float] = deque(maxlen=7)  # server ms - monotonic ms, of recent frames
+        self._dissent: Deque[float] = deque(maxlen=3)  # the same, of frames not believed, in a row
         # Per run.
         self._auth_retried: Set[str] = set()
         self.failed: Set[str] = set()  # accounts stopped after repeated auth failures
@@ -275,7 +324,7 @@ class ClearStreetProtocol(Protocol):
         self._pnl = ChangeTracker[PnL]()
         self._counters: Dict[str, int] = {
             "duplicates": 0, "replayed": 0, "gaps": 0, "gap_held_back": 0, "day_resets": 0,
-            "replay_timeouts": 0, "unattributed": 0,
+            "replay_timeouts": 0, "unattributed": 0, "implausible": 0, "marks_discarded": 0,
         }
         if marks:
             self.restore_marks(marks)
@@ -336,6 +385,8 @@ class ClearStreetProtocol(Protocol):
         self._broken.clear()
         self._removed.clear()
         self._last_progress = now
+        self._clock.clear()
+        self._dissent.clear()
 
     # ------------------------------------------------------------- outgoing
     def subscribe(self, subs: Sequence[Subscription], now: float) -> List[Output]:
@@ -385,18 +436,71 @@ class ClearStreetProtocol(Protocol):
         self._last_progress = now
         return out
 
+    # ------------------------------------------------------------- the server's clock
+    def _observe(self, message: Dict[str, Any], now: float) -> Optional[Report]:
+        """Learn the server's clock from ``message``'s timestamp; a Report if that timestamp
+        lies more than ``max_skew`` from what the connection's other frames say."""
+        stamp = _epoch_ms(message.get("timestamp"))
+        if stamp is None:
+            return None
+        offset = stamp - now * 1000.0
+        known = self._offset()
+        skew = self.max_skew * 1000.0
+        if not _FIRST_MS < stamp < _LAST_MS:  # not even a date (years 1 to 9999): never learned from
+            self._counters["implausible"] += 1
+            return Report(ProtocolError("frame timestamp is no time at all: ignored", item_excerpt(message)))
+        if known is None or abs(offset - known) <= skew:
+            self._clock.append(offset)
+            self._dissent.clear()
+            return None
+        # Not believed, and not learned from. But three in a row that agree with each other
+        # and not with what came before say the earlier frames were the wrong ones (a
+        # connection whose first frame was bogus): believe them from now on.
+        self._dissent.append(offset)
+        if len(self._dissent) == self._dissent.maxlen and max(self._dissent) - min(self._dissent) <= skew:
+            self._clock.clear()
+            self._clock.extend(self._dissent)
+            self._dissent.clear()
+            return None
+        self._counters["implausible"] += 1
+        days = (offset - known) / _DAY_MS
+        return Report(ProtocolError(
+            f"frame timestamp {trading_day(stamp) or stamp} is {days:+.1f} days from the server's clock "
+            "(as its other frames show): it cannot be real, so it moves no mark and is not delivered",
+            item_excerpt(message)))
+
+    def _offset(self) -> Optional[float]:
+        """The median offset (server ms - monotonic ms) of this connection's recent frames."""
+        samples = self._clock
+        if not samples:
+            return None
+        return sorted(samples)[(len(samples) - 1) // 2]
+
+    def _after_server_today(self, day: str, now: float) -> bool:
+        """Whether trading day ``day`` lies after the server's present (plus ``max_skew``)."""
+        offset = self._offset()
+        if offset is None:
+            return False  # nothing to judge by yet
+        latest = trading_day(int(offset + now * 1000.0 + self.max_skew * 1000.0))
+        return latest is not None and day > latest
+
     # ------------------------------------------------------------- incoming
+    @only_protocol_errors
     def on_frame(self, data: bytes, binary: bool, now: float) -> List[Output]:
         message = parse_json(data)
         kind = ROUTES.key(message) if isinstance(message, dict) else None
         if kind is None:
             return [RawMessage(message)]  # not an object, or no payload object
         if kind == "heartbeat":
-            return []
+            bad = self._observe(message, now)
+            return [bad] if bad is not None else []
         payload: Dict[str, Any] = message["payload"]
         if message.get("sequence") is not None:
             return self._on_sequenced(message, payload, kind, now)
         out: List[Output] = [RawMessage(message)]
+        bad = self._observe(message, now)
+        if bad is not None:
+            out.append(bad)
         handler = ROUTES.get(kind)
         if handler is not None:
             out.extend(handler(self, message, payload, now))
@@ -410,10 +514,10 @@ class ClearStreetProtocol(Protocol):
             acct = self._pending.popleft()  # the older guide's ack has no account_id: FIFO
         if acct is None:
             return [Report(ProtocolError("subscribe-activity-ack for no pending subscribe",
-                                         excerpt(json.dumps(payload))))]
+                                         item_excerpt(payload)))]
         self._last_progress = now
         details = to_text(payload.get("details")) or ""
-        if payload.get("success") is True or str(payload.get("success")).lower() == "true":
+        if payload.get("success") is True or (to_text(payload.get("success")) or "").lower() == "true":
             self._acked.add(acct)
             self._auth_retried.discard(acct)
             return []
@@ -470,10 +574,14 @@ class ClearStreetProtocol(Protocol):
         return acct
 
     def _on_sequenced(self, message: Dict[str, Any], payload: Dict[str, Any], kind: str, now: float) -> List[Output]:
-        try:
-            seq = int(message["sequence"])
-        except (TypeError, ValueError):
-            raise ProtocolError("sequence is not an integer", excerpt(json.dumps(message))) from None
+        seq = message["sequence"]
+        if type(seq) is not int:
+            try:
+                if isinstance(seq, bool):
+                    raise TypeError(seq)
+                seq = int(seq)
+            except (TypeError, ValueError, OverflowError):
+                raise ProtocolError("sequence is not an integer", item_excerpt(message)) from None
         acct = self._account_of(payload)
         if acct is None:
             self._counters["unattributed"] += 1
@@ -488,20 +596,42 @@ class ClearStreetProtocol(Protocol):
         day = trading_day(message.get("timestamp"))
         mark = self.marks.get(acct)
         mark_day = self.mark_days.get(acct)
-        if mark is not None and day is not None and mark_day is not None and day != mark_day:
-            if day > mark_day:  # a new trading day: the server's sequences restarted
-                self._counters["day_resets"] += 1
-                mark = None
-                self._order_versions.clear()
-                self._trade_ids = SeenIds()
-            else:  # a frame of an earlier day than what was delivered: stale
-                self._counters["duplicates"] += 1
-                return []
-        if mark is not None:
+        notes: Optional[List[Output]] = None  # reports that go with the frame's event (rare: built lazily)
+        if day is not None and day != mark_day:
+            # The frame would set or change the account's trading day: only on a timestamp
+            # the server's clock (its other frames) agrees with.
+            bad = self._observe(message, now)
+            if bad is not None:
+                return [bad]
+            if mark is not None and mark_day is not None:
+                if day > mark_day:  # a new trading day: the server's sequences restarted
+                    self._counters["day_resets"] += 1
+                    mark = None
+                    self._forget_day()
+                elif self._after_server_today(mark_day, now):
+                    # A mark dated after the server's present (restored from a store that a
+                    # bogus frame wrote): the server's own frames of today win.
+                    self._counters["marks_discarded"] += 1
+                    notes = [Report(ProtocolError(
+                        f"account {acct}: discarding mark {mark} of trading day {mark_day}, which lies after the "
+                        f"server's present (its frames are of {day}): it cannot have been real"))]
+                    mark = None
+                    del self.marks[acct]
+                    self.mark_days.pop(acct, None)
+                    self._forget_day()
+                else:  # a frame of an earlier day than what was delivered: stale
+                    self._counters["duplicates"] += 1
+                    return []
+        if mark is None:
+            if seq < 0 or seq > self.max_sequence_jump:
+                return (notes or []) + [self._implausible_sequence(acct, seq, 0, message)]
+        else:
             if seq <= mark:
                 self._counters["duplicates"] += 1
                 return []
             if seq > mark + 1:
+                if seq - mark > self.max_sequence_jump:
+                    return [self._implausible_sequence(acct, seq, mark, message)]
                 tries = self._gap_tries.get((acct, mark + 1), 0)
                 self._counters["gaps"] += 1
                 error = GapDetected(acct, mark + 1, seq)
@@ -517,7 +647,20 @@ class ClearStreetProtocol(Protocol):
                 out.extend(self._deliver(message, payload, kind, replaying))
                 return out
         self._advance(acct, seq, day)
+        if notes is not None:
+            return notes + self._deliver(message, payload, kind, replaying)
         return self._deliver(message, payload, kind, replaying)
+
+    def _forget_day(self) -> None:
+        """A new trading day: sequences and versions restart (the secondary de-duplication too)."""
+        self._order_versions.clear()
+        self._trade_ids = SeenIds()
+
+    def _implausible_sequence(self, acct: str, seq: int, mark: int, message: Dict[str, Any]) -> Report:
+        self._counters["implausible"] += 1
+        return Report(ProtocolError(
+            f"account {acct}: sequence {seq} after {mark} cannot be real (a jump of more than "
+            f"{self.max_sequence_jump}): not delivered, the mark stays", item_excerpt(message)))
 
     def _advance(self, acct: str, seq: int, day: Optional[str]) -> None:
         self.marks[acct] = seq
@@ -531,33 +674,39 @@ class ClearStreetProtocol(Protocol):
         data = payload.get("data")
         if not isinstance(data, dict):
             if kind in EVENT_ROUTES.table:
-                out.append(Report(ProtocolError(f"{kind} without a data object", excerpt(json.dumps(message)))))
+                out.append(Report(ProtocolError(f"{kind} without a data object", item_excerpt(message))))
             return out
         decoder = EVENT_ROUTES.get(kind)
         if decoder is not None:
-            event = decoder(self, data, message, replayed)
+            try:
+                event = decoder(self, data, message, replayed)
+            except Exception as exc:  # noqa: BLE001 - reported; the sequence was consumed, the stream goes on
+                out.append(skipped(f"Clear Street {kind}", data, exc))
+                return out
             if event is not None:
                 out.append(event)
         return out
 
     def _order(self, data: Dict[str, Any], message: Dict[str, Any], replayed: bool) -> Optional[Order]:
-        if data.get("order_id") is None:
-            raise ProtocolError("order-update without order_id", excerpt(json.dumps(message)))
-        order_id = str(data["order_id"])
+        order_id = to_text(data.get("order_id"))
+        if order_id is None:
+            raise ProtocolError("order-update without order_id", item_excerpt(message))
         version = data.get("version")
+        order = order_from(data, message, replayed)
         if version is not None:
             if self._order_versions.get(order_id) == version:
                 self._counters["duplicates"] += 1
                 return None  # the same version under another sequence number
             self._order_versions[order_id] = version
-        return order_from(data, message, replayed)
+        return order
 
     def _trade(self, data: Dict[str, Any], message: Dict[str, Any], replayed: bool) -> Optional[Trade]:
         trade_id = to_text(data.get("trade_id"))
+        trade = trade_from(data, message, replayed)
         if trade_id is not None and not self._trade_ids.first_time(trade_id):
             self._counters["duplicates"] += 1
             return None
-        return trade_from(data, message, replayed)
+        return trade
 
     def _position(self, data: Dict[str, Any], message: Dict[str, Any], replayed: bool) -> Optional[Position]:
         return Position(
@@ -594,6 +743,7 @@ class ClearStreetProtocol(Protocol):
         )
 
     # ------------------------------------------------------------- REST results
+    @only_protocol_errors
     def pnl_update(self, account: str, body: Any) -> List[Output]:
         """A :class:`PnL` for a pnl-summary body, if it changed since the last poll."""
         if not isinstance(body, dict):
@@ -700,6 +850,7 @@ class ClearStreetFeed(Feed[ClearStreetProtocol]):
         self.store_interval = store_interval
         self._marks: Dict[str, Mark] = {}
         self._saved_marks: Optional[Dict[str, Mark]] = None
+        self._refused_marks: Dict[str, str] = {}
         if marks:
             self.restore_marks(marks)
 
@@ -767,8 +918,11 @@ class ClearStreetFeed(Feed[ClearStreetProtocol]):
         if previous is not None:
             self._marks = previous  # a restarted feed keeps its marks
         if self.sequence_store is not None:
+            stored, dropped = plausible_marks(self.sequence_store.load() or {}, today=new_york_day(time.time()))
+            for account, why in dropped.items():
+                self._log.warning("ignoring the stored sequence mark of account %s: %s", account, why)
             scratch = ClearStreetProtocol(marks=self._marks)
-            scratch.restore_marks(self.sequence_store.load() or {})
+            scratch.restore_marks(stored)
             self._marks = scratch.export_marks()
         self._saved_marks = {k: dict(v) for k, v in self._marks.items()}
         return ClearStreetProtocol(self.replay_timeout, marks=self._marks)
@@ -780,13 +934,7 @@ class ClearStreetFeed(Feed[ClearStreetProtocol]):
             invalidate()
 
     def _connect_target(self) -> ConnectTarget:
-        try:
-            token = self._tokens.current()
-        except BrokerFeedsError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - a user's provider failing is a connect failure
-            raise ConnectionFailed(self._redactor.redact(f"token provider failed: {type(exc).__name__}: {exc}")) \
-                from None
+        token = self._tokens.current()  # a failing provider: ConnectionFailed, retried with backoff
         self._register_secret(token)
         self._apply(lambda protocol: protocol.use_token(token))
         return ConnectTarget(self.url)
@@ -827,10 +975,20 @@ class ClearStreetFeed(Feed[ClearStreetProtocol]):
         return None  # pragma: no cover
 
     def _save_marks(self) -> None:
+        """Persist the marks the server can have confirmed (:func:`~brokerfeeds.marks.confirmed_marks`,
+        by the wall clock, read here and never in the adapter); a refused one keeps its saved mark."""
         store = self.sequence_store
         if store is None:
             return
-        marks = self.marks
+        saved = self._saved_marks or {}
+        accepted, refused = confirmed_marks(self.marks, saved, today=new_york_day(time.time()))
+        marks: Dict[str, Mark] = dict(accepted)
+        for account, why in refused.items():
+            if account in saved:
+                marks[account] = saved[account]
+            if self._refused_marks.get(account) != why:  # once per reason, not every store_interval
+                self._report(ProtocolError(f"not persisting the sequence mark of account {account}: {why}"))
+        self._refused_marks = refused
         if marks == self._saved_marks:
             return
         try:

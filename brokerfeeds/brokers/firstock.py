@@ -8,7 +8,12 @@ Protocol notes (see the project's protocols/firstock.md for sources):
   a first frame ``{"status": "failed", "message": "unauthenticated"}`` followed by a close;
   or the text ``Maximum sessions limit (3) reached`` (at most 3 sockets per user). Every
   refusal stops the feed with :class:`~brokerfeeds.errors.AuthenticationError` (or its
-  subclass :class:`~brokerfeeds.errors.SessionLimitError`): never a reconnect loop.
+  subclass :class:`~brokerfeeds.errors.SessionLimitError`): never a reconnect loop. Only
+  a recognised refusal does: a short ``failed``/``error`` answer or text naming the
+  credentials (``unauthenticated``, ``unauthorized``, ``jKey``, an expired session), or
+  the session-limit text. Anything else before the answer (garbage, a proxy's error page,
+  another failure) is a bad frame: reported (:class:`~brokerfeeds.errors.ProtocolError`)
+  and the connection tried again with backoff.
 * Orders (recognised by ``norenordno``) and positions (``brkname``) arrive automatically
   after authentication; all their values are strings. A mid-session frame with ``status``
   and ``message`` is a server notice (:class:`~brokerfeeds.events.Notice`); a mid-session
@@ -80,11 +85,15 @@ from ..protocol import (
     Ready,
     Reconnect,
     Refresh,
+    Report,
     Routes,
     Send,
     Subscription,
     excerpt,
     first,
+    item_excerpt,
+    only_protocol_errors,
+    skipped,
 )
 from ..redact import Redactor
 from ..rest import RestClient
@@ -138,6 +147,12 @@ STATUS_MAP: Dict[str, OrderStatus] = status_table({
 })
 
 _SESSION_LIMIT = "maximum sessions limit"
+#: ``status`` words of a refusal; and the words that make a text before the authentication
+#: answer a refusal of the credentials (``unauthenticated``, ``Invalid jKey``, ...). Anything
+#: else there is a bad frame: reported and the connection tried again, never fatal.
+_FAILED = frozenset({"failed", "failure", "error"})
+_REFUSAL_WORDS = ("unauthenticated", "unauthorized", "unauthorised", "authentication failed", "invalid jkey",
+                  "invalid user", "jkey", "session expired", "invalid session")
 _PAISA = Decimal("0.01")
 # The placeholder Firstock sends for "no value" (2**63), and its signed neighbours.
 _SENTINELS = (9223372036854775808, 9223372036854775807, -9223372036854775808)
@@ -293,8 +308,8 @@ def _best(levels: Any) -> Tuple[Optional[Decimal], Optional[Decimal]]:
 
 def _text_of(message: Any) -> str:
     if isinstance(message, dict):
-        return str(first(message.get("message"), message.get("error"), message.get("status")) or "")
-    return str(message)
+        return to_text(first(message.get("message"), message.get("error"), message.get("status"))) or ""
+    return to_text(message) or ""
 
 
 # ====================================================================== the adapter
@@ -309,6 +324,7 @@ class FirstockProtocol(Protocol):
         #: Whether the feed can re-read the order book (REST) to learn fills the socket left out.
         self.can_refresh = can_refresh
         self.authenticated = False
+        self._abandoned = False  # a bad answer to the authentication: this connection is being dropped
         self.orders = OrderTracker()
         self.fills = FillTracker()
         self.positions = ChangeTracker[Position]()
@@ -322,10 +338,12 @@ class FirstockProtocol(Protocol):
     # ------------------------------------------------------------- connection
     def on_open(self, now: float) -> List[Output]:
         self.authenticated = False
+        self._abandoned = False
         return []
 
     def on_close(self) -> None:
         self.authenticated = False
+        self._abandoned = False
 
     # ------------------------------------------------------------- outgoing
     def subscribe(self, subs: Sequence[Subscription], now: float) -> List[Output]:
@@ -339,18 +357,21 @@ class FirstockProtocol(Protocol):
         return [Send(json.dumps({"action": "unsubscribe", "tokens": "|".join(tokens)}))] if tokens else []
 
     # ------------------------------------------------------------- incoming
+    @only_protocol_errors
     def on_frame(self, data: bytes, binary: bool, now: float) -> List[Output]:
+        if self._abandoned:
+            return []  # what follows a bad answer on a connection being dropped is not believed
         try:
             message = loads(data)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: the stdlib decoder, nested too deeply
             text = data.decode("utf-8", "replace").strip()
-            if not self.authenticated and text:
-                return [RawMessage(text), *self._refused(text)]
+            if not self.authenticated:
+                return [RawMessage(text), *self._before_auth(text, data)]
             raise ProtocolError("frame is not JSON", excerpt(data)) from None
         out: List[Output] = [RawMessage(message)]
         if not isinstance(message, dict):
-            if not self.authenticated and isinstance(message, str):
-                out.extend(self._refused(message))
+            if not self.authenticated:
+                out.extend(self._before_auth(message if isinstance(message, str) else "", data))
             return out
         handler = ROUTES.get(ROUTES.key(message))
         if handler is not None:
@@ -367,21 +388,33 @@ class FirstockProtocol(Protocol):
         return self._on_quotes(message)
 
     def _on_auth(self, message: Dict[str, Any]) -> List[Output]:
-        status = str(message.get("status", "")).lower()
+        status = (to_text(message.get("status")) or "").lower()
         text = _text_of(message)
         if status == "success" or "authentication successful" in text.lower():
             self.authenticated = True
             return [Ready()]
-        return self._refused(text)
+        if status in _FAILED or _SESSION_LIMIT in text.lower():
+            return self._before_auth(text, message)
+        return self._before_auth("", message)  # a status we do not know: not an answer
 
-    def _refused(self, text: str) -> List[Output]:
-        if _SESSION_LIMIT in text.lower():
+    def _before_auth(self, text: str, frame: Any) -> List[Output]:
+        """Something other than success before the authentication answer: a recognised
+        refusal is fatal (no reconnect loop with a dead jKey); anything else is a bad frame,
+        reported, and the connection is tried again with backoff."""
+        text = text.strip()
+        lowered = text.lower() if len(text) <= 200 else ""  # a refusal is a short message, not a page
+        if _SESSION_LIMIT in lowered:
             return [Fatal(SessionLimitError(
-                f"Firstock refused the session: {text.strip()[:200]} (close another connection of this user)"))]
-        return [Fatal(AuthenticationError(f"Firstock rejected the session: {text.strip()[:200] or 'no reason given'}"))]
+                f"Firstock refused the session: {text} (close another connection of this user)"))]
+        if any(word in lowered for word in _REFUSAL_WORDS):
+            return [Fatal(AuthenticationError(f"Firstock rejected the session: {text}"))]
+        self._abandoned = True
+        return [Report(ProtocolError("unexpected frame before the authentication answer (not a refusal): "
+                                     "reconnecting", item_excerpt(frame))),
+                Reconnect("unexpected frame before the authentication answer")]
 
     def _on_notice(self, message: Dict[str, Any]) -> List[Output]:
-        status = str(message.get("status", "")).lower()
+        status = (to_text(message.get("status")) or "").lower()
         text = _text_of(message)
         kind = "error" if status in ("failed", "error") else "status"
         out: List[Output] = [Notice(broker=BROKER, kind=kind, text=text, raw=message, account=self.user_id)]
@@ -401,13 +434,19 @@ class FirstockProtocol(Protocol):
         """
         out: List[Output] = []
         for row in rows:
-            if not isinstance(row, dict):
-                continue
-            fields = _rest_order_fields(row) if rest else _stream_order_fields(row)
-            order_id = fields.get("order_id")
-            if not order_id:
-                continue
-            out.extend(self._merge_order(str(order_id), fields, row, seed))
+            try:
+                if not isinstance(row, dict):
+                    continue
+                fields = _rest_order_fields(row) if rest else _stream_order_fields(row)
+                order_id = fields.get("order_id")
+                if not order_id:
+                    sent = first(row.get("orderNumber"), row.get("norenordno")) if rest else row.get("norenordno")
+                    if sent is not None and sent != "":
+                        raise ProtocolError("order without a usable order number")
+                    continue
+                out.extend(self._merge_order(str(order_id), fields, row, seed))
+            except Exception as exc:  # noqa: BLE001 - one bad row must not cost its neighbours
+                out.append(skipped("Firstock order", row, exc))
         return out
 
     def _merge_order(self, order_id: str, fields: Dict[str, Any], raw: Dict[str, Any], seed: bool) -> List[Output]:
@@ -450,7 +489,16 @@ class FirstockProtocol(Protocol):
 
     # ------------------------------------------------------------- positions and P&L
     def _on_position(self, raw: Dict[str, Any]) -> List[Output]:
-        children = [c for c in raw.get("child_orders") or () if isinstance(c, dict)]
+        try:
+            return self._stream_position(raw)
+        except Exception as exc:  # noqa: BLE001 - reported, the frames after it go on
+            return [skipped("Firstock position", raw, exc)]
+
+    def _stream_position(self, raw: Dict[str, Any]) -> List[Output]:
+        listed = raw.get("child_orders")
+        if listed is not None and not isinstance(listed, list):
+            raise ProtocolError("child_orders is not a list")
+        children = [c for c in listed or () if isinstance(c, dict)]
         child = next((c for c in children if str(c.get("token", "")).strip().isdigit()), children[0] if children else {})
         exchange = to_text(first(child.get("exch"), raw.get("exch")))
         token = to_text(first(child.get("token"), raw.get("token")))
@@ -467,24 +515,28 @@ class FirstockProtocol(Protocol):
             realized=to_decimal(raw.get("rpnl")), unrealized=None, raw=raw,
         )
 
+    @only_protocol_errors
     def positions_from(self, rows: Any, account: Optional[str] = None) -> List[Output]:
         """Position events for REST ``positionBook`` rows that changed (``account`` is
         the default for rows without a ``userId``)."""
         out: List[Output] = []
         for row in rows if isinstance(rows, list) else []:
-            if not isinstance(row, dict):
-                continue
-            out.extend(self._position(
-                symbol=to_text(first(row.get("tradingSymbol"), row.get("token"))) or "",
-                exchange=to_text(row.get("exchange")), token=to_text(row.get("token")),
-                product=to_text(row.get("product")), account=to_text(first(row.get("userId"), account)),
-                quantity=to_decimal(first(row.get("netQuantity"), row.get("netqty"))),
-                avg=to_decimal(first(row.get("netAveragePrice"), row.get("netavgprc"))),
-                realized=to_decimal(first(row.get("RealizedPNL"), row.get("realizedPNL"), row.get("rpnl"))),
-                unrealized=to_decimal(first(row.get("unrealizedMTOM"), row.get("unrealizedMTM"),
-                                            row.get("unrealizedPNL"))),
-                raw=row,
-            ))
+            try:
+                if not isinstance(row, dict):
+                    continue
+                out.extend(self._position(
+                    symbol=to_text(first(row.get("tradingSymbol"), row.get("token"))) or "",
+                    exchange=to_text(row.get("exchange")), token=to_text(row.get("token")),
+                    product=to_text(row.get("product")), account=to_text(first(row.get("userId"), account)),
+                    quantity=to_decimal(first(row.get("netQuantity"), row.get("netqty"))),
+                    avg=to_decimal(first(row.get("netAveragePrice"), row.get("netavgprc"))),
+                    realized=to_decimal(first(row.get("RealizedPNL"), row.get("realizedPNL"), row.get("rpnl"))),
+                    unrealized=to_decimal(first(row.get("unrealizedMTOM"), row.get("unrealizedMTM"),
+                                                row.get("unrealizedPNL"))),
+                    raw=row,
+                ))
+            except Exception as exc:  # noqa: BLE001 - one bad row must not cost its neighbours
+                out.append(skipped("Firstock position", row, exc))
         return out
 
     def _position(self, *, symbol: str, exchange: Optional[str], token: Optional[str], product: Optional[str],
@@ -498,31 +550,46 @@ class FirstockProtocol(Protocol):
         )
         return [position] if self.positions.update((instrument or symbol, product), position) is not None else []
 
+    @only_protocol_errors
     def pnl_from_rest(self, rows: Any) -> List[Output]:
         """An account :class:`PnL` from REST ``positionBook`` rows, if the totals changed."""
         realized = unrealized = total = Decimal(0)
+        out: List[Output] = []
         for row in rows if isinstance(rows, list) else []:
-            if not isinstance(row, dict):
+            try:
+                if not isinstance(row, dict):
+                    continue
+                r = to_decimal(first(row.get("RealizedPNL"), row.get("realizedPNL"), row.get("rpnl"))) or Decimal(0)
+                u = to_decimal(first(row.get("unrealizedMTOM"), row.get("unrealizedMTM"), row.get("unrealizedPNL")))
+                t = to_decimal(first(row.get("totalPNL"), row.get("totalMTM")))
+            except Exception as exc:  # noqa: BLE001 - one bad row must not cost the others
+                out.append(skipped("Firstock position (P&L)", row, exc))
                 continue
-            r = to_decimal(first(row.get("RealizedPNL"), row.get("realizedPNL"), row.get("rpnl"))) or Decimal(0)
-            u = to_decimal(first(row.get("unrealizedMTOM"), row.get("unrealizedMTM"), row.get("unrealizedPNL")))
-            t = to_decimal(first(row.get("totalPNL"), row.get("totalMTM")))
             realized += r
             unrealized += u or Decimal(0)
             total += t if t is not None else r + (u or Decimal(0))
         pnl = PnL(broker=BROKER, account=self.user_id, daily_pnl=total, unrealized_pnl=unrealized,
                   realized_pnl=realized, raw=rows)
-        return [pnl] if self.pnl.update(self.user_id, pnl) is not None else []
+        return out + [pnl] if self.pnl.update(self.user_id, pnl) is not None else out
 
     # ------------------------------------------------------------- quotes
     def _on_quotes(self, message: Dict[str, Any]) -> List[Output]:
         """V1: one flat tick with ``c_exch_seg`` and ``c_symbol``; V2: ticks keyed by ``EXCH:TOKEN``."""
         if "c_symbol" in message and "c_exch_seg" in message:
-            return self._on_tick(f"{str(message['c_exch_seg']).upper()}:{message['c_symbol']}", message)
+            try:
+                exchange, symbol = to_text(message["c_exch_seg"]), to_text(message["c_symbol"])
+                if exchange is None or symbol is None:
+                    raise ProtocolError("V1 tick without a usable c_exch_seg / c_symbol")
+                return self._on_tick(f"{exchange.upper()}:{symbol}", message)
+            except Exception as exc:  # noqa: BLE001 - reported, the frames after it go on
+                return [skipped("Firstock tick", message, exc)]
         out: List[Output] = []
         for key, value in message.items():
-            if isinstance(value, dict) and ":" in str(key):
-                out.extend(self._on_tick(str(key), value))
+            if isinstance(value, dict) and ":" in key:
+                try:
+                    out.extend(self._on_tick(key, value))
+                except Exception as exc:  # noqa: BLE001 - one bad instrument must not cost the others
+                    out.append(skipped(f"Firstock tick for {key[:40]}", value, exc))
         return out
 
     def _on_tick(self, key: str, update: Dict[str, Any]) -> List[Output]:

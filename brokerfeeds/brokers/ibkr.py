@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import json
 from decimal import Decimal
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
 from ..errors import AuthenticationError, ProtocolError
 from ..events import (
@@ -64,9 +64,11 @@ from ..protocol import (
     Routes,
     Send,
     Subscription,
-    excerpt,
     first,
+    item_excerpt,
+    only_protocol_errors,
     parse_json,
+    skipped,
 )
 from ..state import ChangeTracker, OrderTracker, SeenIds, SnapshotBook, Snapshots, map_order_status, side_of, status_table
 from ..transport import ConnectTarget
@@ -114,6 +116,16 @@ def map_status(word: Optional[str], filled: Optional[Decimal], quantity: Optiona
 
 
 
+def _order_key(order_id: Any) -> str:
+    """An order id as the key of its state (IBKR sends ints; anything but a scalar is refused)."""
+    if type(order_id) is int:  # what IBKR sends: the hot path
+        return str(order_id)
+    key = to_text(order_id)
+    if key is None:
+        raise ProtocolError("order update without a usable orderId")
+    return key
+
+
 def order_from(raw: Dict[str, Any]) -> Order:
     """An :class:`Order` from IBKR's merged order fields (``sor`` or REST)."""
     filled = to_decimal(raw.get("filledQuantity"))
@@ -125,7 +137,7 @@ def order_from(raw: Dict[str, Any]) -> Order:
     return Order(
         broker=BROKER,
         account=to_text(first(raw.get("acct"), raw.get("account"))),
-        order_id=str(raw["orderId"]),
+        order_id=_order_key(raw["orderId"]),
         symbol=to_text(first(raw.get("ticker"), raw.get("symbol"))),
         side=side_of(raw.get("side")),
         quantity=quantity,
@@ -228,6 +240,7 @@ class IbkrProtocol(Protocol):
         return out
 
     # ------------------------------------------------------------- incoming
+    @only_protocol_errors
     def on_frame(self, data: bytes, binary: bool, now: float) -> List[Output]:
         message = self._decode(data)
         if message is None:
@@ -241,7 +254,7 @@ class IbkrProtocol(Protocol):
         elif "error" in message:
             text = f"IBKR error {message.get('code', '')}: {message.get('error')}".replace("  ", " ")
             out.append(Notice(broker=BROKER, kind="error", text=text, raw=message))
-            out.append(Report(ProtocolError(text, excerpt(json.dumps(message)))))
+            out.append(Report(ProtocolError(text, item_excerpt(message))))
         elif not isinstance(message.get("topic"), str):
             status = to_text(first(message.get("message"), message.get("result")))
             if status:
@@ -251,7 +264,7 @@ class IbkrProtocol(Protocol):
     def _decode(self, data: bytes) -> Any:
         try:
             return loads(data)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: the stdlib decoder, nested too deeply
             pass
         stripped = data.strip()
         if stripped.startswith(b"ech+") or stripped in (b"", b"hb"):
@@ -284,8 +297,8 @@ class IbkrProtocol(Protocol):
         args = message.get("args")
         if isinstance(args, dict) and self.account is None:
             selected = to_text(args.get("selectedAccount"))
-            accounts = args.get("accounts") or []
-            self.account = selected or (str(accounts[0]) if accounts else None)
+            accounts = args.get("accounts")
+            self.account = selected or (to_text(accounts[0]) if isinstance(accounts, list) and accounts else None)
         return []
 
     def _on_orders(self, message: Dict[str, Any]) -> List[Output]:
@@ -298,24 +311,28 @@ class IbkrProtocol(Protocol):
         The input for ``sor`` frames and for REST snapshots alike. An update that would
         move an order backwards (see :class:`~brokerfeeds.state.OrderTracker`) is refused
         whole: its fields are not merged either, so a later partial update is built on
-        the state the user last saw.
+        the state the user last saw. An update that cannot be decoded is reported and
+        skipped alone (nothing of it is merged); the others are merged.
         """
         out: List[Output] = []
         for update in updates:
-            if not isinstance(update, dict) or update.get("orderId") is None:
-                continue
-            key = str(update["orderId"])
-            if "bgColor" in update or "fgColor" in update:
-                update = {k: v for k, v in update.items() if k not in ("bgColor", "fgColor")}
-            merged = self._order_fields.preview(key, update)
-            candidate = order_from(merged)
-            if not self.orders.accepts(key, candidate):
-                self.orders.refused += 1
-                continue
-            self._order_fields.replace(key, merged)
-            order = self.orders.update(key, candidate)
-            if order is not None:
-                out.append(order)
+            try:
+                if not isinstance(update, dict) or update.get("orderId") is None:
+                    continue
+                key = _order_key(update["orderId"])
+                if "bgColor" in update or "fgColor" in update:
+                    update = {k: v for k, v in update.items() if k not in ("bgColor", "fgColor")}
+                merged = self._order_fields.preview(key, update)
+                candidate = order_from(merged)
+                if not self.orders.accepts(key, candidate):
+                    self.orders.refused += 1
+                    continue
+                self._order_fields.replace(key, merged)
+                order = self.orders.update(key, candidate)
+                if order is not None:
+                    out.append(order)
+            except Exception as exc:  # noqa: BLE001 - one bad order must not cost its neighbours
+                out.append(skipped("IBKR order update", update, exc))
         return out
 
     def counters(self) -> Mapping[str, int]:
@@ -325,45 +342,53 @@ class IbkrProtocol(Protocol):
         args = message.get("args")
         out: List[Output] = []
         for raw in args if isinstance(args, list) else []:
-            if not isinstance(raw, dict):
-                continue
-            trade_id = to_text(raw.get("execution_id"))
-            if trade_id is not None and not self._trade_ids.first_time(trade_id):
-                continue  # history re-sent after a reconnect
-            out.append(Trade(
-                broker=BROKER,
-                account=to_text(first(raw.get("account"), raw.get("accountCode"))),
-                trade_id=trade_id,
-                order_id=to_text(first(raw.get("order_id"), raw.get("orderId"), raw.get("order_ref"))),
-                symbol=to_text(raw.get("symbol")),
-                side=side_of(raw.get("side")),
-                quantity=to_decimal(raw.get("size")),
-                price=to_decimal(raw.get("price")),
-                time=from_epoch_ms(raw.get("trade_time_r")),
-                exchange=to_text(raw.get("exchange")),
-                raw=raw,
-            ))
+            try:
+                if not isinstance(raw, dict):
+                    continue
+                trade_id = to_text(raw.get("execution_id"))
+                trade = Trade(
+                    broker=BROKER,
+                    account=to_text(first(raw.get("account"), raw.get("accountCode"))),
+                    trade_id=trade_id,
+                    order_id=to_text(first(raw.get("order_id"), raw.get("orderId"), raw.get("order_ref"))),
+                    symbol=to_text(raw.get("symbol")),
+                    side=side_of(raw.get("side")),
+                    quantity=to_decimal(raw.get("size")),
+                    price=to_decimal(raw.get("price")),
+                    time=from_epoch_ms(raw.get("trade_time_r")),
+                    exchange=to_text(raw.get("exchange")),
+                    raw=raw,
+                )
+                if trade_id is not None and not self._trade_ids.first_time(trade_id):
+                    continue  # history re-sent after a reconnect
+                out.append(trade)
+            except Exception as exc:  # noqa: BLE001 - one bad execution must not cost its neighbours
+                out.append(skipped("IBKR execution", raw, exc))
         return out
 
     def _on_pnl(self, message: Dict[str, Any]) -> List[Output]:
         args = message.get("args")
         out: List[Output] = []
         for partition, values in (args.items() if isinstance(args, dict) else ()):
-            if not isinstance(values, dict):
-                continue
-            merged = self._pnl_fields.merge(partition, values)
-            pnl = PnL(
-                broker=BROKER,
-                account=str(partition).split(".")[0],
-                daily_pnl=to_decimal(merged.get("dpl")),
-                unrealized_pnl=to_decimal(merged.get("upl")),
-                realized_pnl=to_decimal(merged.get("rpl")),
-                net_liquidation=to_decimal(merged.get("nl")),
-                market_value=to_decimal(merged.get("mv")),
-                raw=message,
-            )
-            if self._pnl.update(partition, pnl) is not None:
-                out.append(pnl)
+            try:
+                if not isinstance(values, dict):
+                    continue
+                merged = self._pnl_fields.preview(partition, values)
+                pnl = PnL(
+                    broker=BROKER,
+                    account=str(partition).split(".")[0],
+                    daily_pnl=to_decimal(merged.get("dpl")),
+                    unrealized_pnl=to_decimal(merged.get("upl")),
+                    realized_pnl=to_decimal(merged.get("rpl")),
+                    net_liquidation=to_decimal(merged.get("nl")),
+                    market_value=to_decimal(merged.get("mv")),
+                    raw=message,
+                )
+                self._pnl_fields.replace(partition, merged)
+                if self._pnl.update(partition, pnl) is not None:
+                    out.append(pnl)
+            except Exception as exc:  # noqa: BLE001 - one bad partition must not cost the others
+                out.append(skipped("IBKR P&L partition", {partition: values}, exc))
         return out
 
     def _on_quote(self, message: Dict[str, Any]) -> List[Output]:
@@ -392,13 +417,20 @@ class IbkrProtocol(Protocol):
         if not isinstance(rows, list):
             return []
         update = {}
+        out: List[Output] = []
         for row in rows:
-            if isinstance(row, dict) and "key" in row:
-                update[str(row["key"])] = first(row.get("value"), row.get("monetaryValue"))
+            try:
+                if isinstance(row, dict) and "key" in row:
+                    name = to_text(row["key"])
+                    if name is None:
+                        raise ProtocolError("account summary row without a usable key")
+                    update[name] = first(row.get("value"), row.get("monetaryValue"))
+            except Exception as exc:  # noqa: BLE001 - one bad row must not cost the others
+                out.append(skipped("IBKR account summary row", row, exc))
         if not update:
-            return []
+            return out
         merged = self._balances.merge(account, update)
-        return [Balance(
+        return out + [Balance(
             broker=BROKER,
             account=account,
             buying_power=to_decimal(_lookup(merged, "BuyingPower")),
@@ -418,7 +450,11 @@ class IbkrProtocol(Protocol):
                 text = to_text(first(item.get("text"), item.get("title"), item.get("id"))) or ""
                 out.append(Notice(broker=BROKER, kind="notification", text=text, raw=message))
             elif item is not None:
-                out.append(Notice(broker=BROKER, kind="notification", text=str(item), raw=message))
+                words = to_text(item)
+                if words is None:
+                    out.append(skipped("IBKR notification", item, ProtocolError("notification without text")))
+                else:
+                    out.append(Notice(broker=BROKER, kind="notification", text=words, raw=message))
         return out
 
     def _on_bulletin(self, message: Dict[str, Any]) -> List[Output]:
@@ -427,26 +463,42 @@ class IbkrProtocol(Protocol):
         return [Notice(broker=BROKER, kind="bulletin", text=text or "", raw=message)]
 
     # ------------------------------------------------------------- REST results
+    @only_protocol_errors
     def positions_from(self, rows: Any, account: str) -> List[Output]:
         """Position events for a full ``/portfolio/{acct}/positions/0`` snapshot of ``account``:
-        the changed ones, and closed ones once (quantity 0)."""
+        the changed ones, and closed ones once (quantity 0). A row that cannot be decoded is
+        reported and left out; its position is then taken as closed only if it really is
+        gone (a row we could not read still names its conid: that position is kept)."""
         items: List[Tuple[Tuple[str, str], Position]] = []
+        out: List[Output] = []
+        unreadable: Set[str] = set()
         for row in rows if isinstance(rows, list) else []:
-            if not isinstance(row, dict) or row.get("conid") is None:
-                continue
-            items.append(((account, str(row["conid"])), Position(
-                broker=BROKER,
-                account=to_text(first(row.get("acctId"), account)),
-                symbol=to_text(first(row.get("ticker"), row.get("contractDesc"), row.get("conid"))) or "",
-                quantity=to_decimal(row.get("position")),
-                avg_price=to_decimal(first(row.get("avgPrice"), row.get("avgCost"))),
-                realized_pnl=to_decimal(row.get("realizedPnl")),
-                unrealized_pnl=to_decimal(row.get("unrealizedPnl")),
-                exchange=to_text(row.get("listingExchange")),
-                instrument=str(row["conid"]),
-                raw=row,
-            )))
-        return list(self.positions.apply_snapshot(items, lambda key: _account_key(key) == account))
+            try:
+                if not isinstance(row, dict) or row.get("conid") is None:
+                    continue
+                conid = to_text(row["conid"])
+                if conid is None:
+                    raise ProtocolError("position without a usable conid")
+                unreadable.add(conid)
+                items.append(((account, conid), Position(
+                    broker=BROKER,
+                    account=to_text(first(row.get("acctId"), account)),
+                    symbol=to_text(first(row.get("ticker"), row.get("contractDesc"), row.get("conid"))) or "",
+                    quantity=to_decimal(row.get("position")),
+                    avg_price=to_decimal(first(row.get("avgPrice"), row.get("avgCost"))),
+                    realized_pnl=to_decimal(row.get("realizedPnl")),
+                    unrealized_pnl=to_decimal(row.get("unrealizedPnl")),
+                    exchange=to_text(row.get("listingExchange")),
+                    instrument=conid,
+                    raw=row,
+                )))
+                unreadable.discard(conid)
+            except Exception as exc:  # noqa: BLE001 - one bad row must not cost the others
+                out.append(skipped("IBKR position", row, exc))
+        kept = {(account, conid) for conid in unreadable}
+        out.extend(self.positions.apply_snapshot(
+            items, lambda key: _account_key(key) == account and key not in kept))
+        return out
 
 
 #: Topic → handler (``smd+`` / ``ssd+``: every ``smd+<conid>`` / ``ssd+<account>``); system, tic

@@ -55,14 +55,16 @@ from __future__ import annotations
 import datetime as _dt
 import threading
 from decimal import Decimal
-from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Mapping, Optional, Sequence, Tuple, TypeVar, Union
+from typing import (Any, Callable, Dict, FrozenSet, Hashable, Iterable, List, Mapping, Optional, Sequence, Set, Tuple,
+                    TypeVar, Union)
 from urllib.parse import parse_qs, urlsplit
 
 from ..auth import TokenProvider, TokenSource
-from ..errors import AuthenticationError, BrokerFeedsError, ConnectionFailed
+from ..errors import AuthenticationError, BrokerFeedsError, ConnectionFailed, ProtocolError
 from ..events import GttOrder, Holding, Order, OrderStatus, PnL, Position, Trade
 from ..feed import Feed, PeriodicJob
-from ..protocol import Handler, Output, Protocol, RawMessage, Reconnect, Routes, Subscription, first, parse_json
+from ..protocol import (Handler, Output, Protocol, RawMessage, Reconnect, Routes, Subscription, first,
+                        only_protocol_errors, parse_json, skipped)
 from ..state import ChangeTracker, FillTracker, OrderTracker, SnapshotBook, map_order_status, side_of, status_table
 from ..transport import ConnectTarget
 from ..values import to_decimal, to_text
@@ -209,6 +211,14 @@ def _rows(reply: Any) -> List[Dict[str, Any]]:
     return [row for row in data if isinstance(row, dict)] if isinstance(data, list) else []
 
 
+def _id_of(value: Any, name: str) -> str:
+    """An id as text; a value that is no scalar (a list, an object) is refused."""
+    text = to_text(value)
+    if text is None:
+        raise ProtocolError(f"{name} is not an id")
+    return text
+
+
 def order_from(raw: Dict[str, Any], account: Optional[str] = None) -> Order:
     """An :class:`Order` from an Upstox order dict (feed ``order`` update or REST order book row)."""
     quantity = to_decimal(raw.get("quantity"))
@@ -217,7 +227,7 @@ def order_from(raw: Dict[str, Any], account: Optional[str] = None) -> Order:
     return Order(
         broker=BROKER,
         account=to_text(first(raw.get("user_id"), raw.get("userId"), raw.get("placed_by"), account)),
-        order_id=str(raw["order_id"]),
+        order_id=_id_of(raw["order_id"], "order_id"),
         symbol=to_text(first(raw.get("trading_symbol"), raw.get("tradingsymbol"), _instrument(raw))),
         side=side_of(raw.get("transaction_type")),
         quantity=quantity,
@@ -287,6 +297,7 @@ class UpstoxProtocol(Protocol):
         return []
 
     # ------------------------------------------------------------- incoming
+    @only_protocol_errors
     def on_frame(self, data: bytes, binary: bool, now: float) -> List[Output]:
         message = parse_json(data)
         out: List[Output] = [RawMessage(message)]
@@ -323,38 +334,46 @@ class UpstoxProtocol(Protocol):
         """
         out: List[Output] = []
         for raw in rows:
-            if not isinstance(raw, dict) or raw.get("order_id") in (None, ""):
-                continue
-            known = self.orders.get(str(raw["order_id"])) is not None
-            order = self.orders.update_order(order_from(raw, self.account))
-            if order is None:
-                continue
-            instrument = _instrument(raw)
-            if instrument and order.symbol and order.symbol != instrument:
-                self._symbols.setdefault(instrument, order.symbol)
-            out.append(order)
-            if not derive_fills and not known:
-                self.fills.seed(order)
-                continue
-            fill = self.fills.observe(order)
-            if fill is not None:
-                quantity, price = fill
-                out.append(Trade(
-                    broker=BROKER,
-                    account=order.account,
-                    trade_id=f"{order.order_id}:{order.filled_quantity}",
-                    order_id=order.order_id,
-                    symbol=order.symbol,
-                    side=order.side,
-                    quantity=quantity,
-                    price=price,
-                    time=order.time,
-                    exchange=order.exchange,
-                    raw=raw,
-                ))
+            try:
+                self._merge_order(raw, derive_fills, out)
+            except Exception as exc:  # noqa: BLE001 - one bad row must not cost its neighbours
+                out.append(skipped("Upstox order", raw, exc))
         return out
 
+    def _merge_order(self, raw: Any, derive_fills: bool, out: List[Output]) -> None:
+        if not isinstance(raw, dict) or raw.get("order_id") in (None, ""):
+            return
+        candidate = order_from(raw, self.account)
+        known = self.orders.get(candidate.order_id) is not None
+        order = self.orders.update_order(candidate)
+        if order is None:
+            return
+        instrument = _instrument(raw)
+        if instrument and order.symbol and order.symbol != instrument:
+            self._symbols.setdefault(instrument, order.symbol)
+        out.append(order)
+        if not derive_fills and not known:
+            self.fills.seed(order)
+            return
+        fill = self.fills.observe(order)
+        if fill is not None:
+            quantity, price = fill
+            out.append(Trade(
+                broker=BROKER,
+                account=order.account,
+                trade_id=f"{order.order_id}:{order.filled_quantity}",
+                order_id=order.order_id,
+                symbol=order.symbol,
+                side=order.side,
+                quantity=quantity,
+                price=price,
+                time=order.time,
+                exchange=order.exchange,
+                raw=raw,
+            ))
+
     # ------------------------------------------------------------- positions and P&L
+    @only_protocol_errors
     def positions_from(self, rows: Iterable[Any], account: Optional[str] = None) -> List[Output]:
         """Positions from a full REST snapshot: changed ones, and closed ones once (quantity 0).
 
@@ -380,82 +399,109 @@ class UpstoxProtocol(Protocol):
 
     def _positions(self, rows: Iterable[Any], snapshot: bool) -> List[Output]:
         items: List[Tuple[Tuple[Optional[str], Optional[str]], Position]] = []
+        out: List[Output] = []
+        kept: Set[Hashable] = set()  # rows we could not read: their positions are not "closed"
         for raw in rows:
-            instrument = _instrument(raw) if isinstance(raw, dict) else None
-            if instrument is None:
-                continue
-            quantity = to_decimal(raw.get("quantity"))
-            avg = _nonzero(raw.get("average_price"))
-            if avg is None and quantity:
-                avg = _nonzero(raw.get("buy_price") if quantity > 0 else raw.get("sell_price"))
-            items.append(((instrument, to_text(raw.get("product"))), Position(
-                broker=BROKER,
-                account=self.account,
-                symbol=self._symbol(raw),
-                quantity=quantity,
-                avg_price=avg,
-                realized_pnl=to_decimal(raw.get("realised")),
-                unrealized_pnl=to_decimal(raw.get("unrealised")),
-                exchange=_exchange(raw.get("exchange")),
-                instrument=instrument,
-                raw=raw,
-            )))
+            try:
+                instrument = _instrument(raw) if isinstance(raw, dict) else None
+                if instrument is None:
+                    continue
+                key = (instrument, to_text(raw.get("product")))
+                kept.add(key)
+                quantity = to_decimal(raw.get("quantity"))
+                avg = _nonzero(raw.get("average_price"))
+                if avg is None and quantity:
+                    avg = _nonzero(raw.get("buy_price") if quantity > 0 else raw.get("sell_price"))
+                items.append((key, Position(
+                    broker=BROKER,
+                    account=self.account,
+                    symbol=self._symbol(raw),
+                    quantity=quantity,
+                    avg_price=avg,
+                    realized_pnl=to_decimal(raw.get("realised")),
+                    unrealized_pnl=to_decimal(raw.get("unrealised")),
+                    exchange=_exchange(raw.get("exchange")),
+                    instrument=instrument,
+                    raw=raw,
+                )))
+                kept.discard(key)
+            except Exception as exc:  # noqa: BLE001 - one bad row must not cost its neighbours
+                out.append(skipped("Upstox position", raw, exc))
         if snapshot:
-            return list(self.positions.apply_snapshot(items))
-        return [position for key, position in items if self.positions.update(key, position) is not None]
+            out.extend(self.positions.apply_snapshot(items, lambda key: key not in kept))
+        else:
+            out.extend(position for key, position in items if self.positions.update(key, position) is not None)
+        return out
 
+    @only_protocol_errors
     def pnl_from(self, rows: Iterable[Any]) -> List[Output]:
         """Account P&L totals from REST position rows (a :class:`PnL` only if they changed).
 
         ``daily_pnl`` sums ``pnl``, ``realized_pnl`` ``realised``, ``unrealized_pnl``
-        ``unrealised``; ``market_value`` sums ``quantity * last_price * multiplier``.
+        ``unrealised``; ``market_value`` sums ``quantity * last_price * multiplier``. A row
+        that cannot be decoded is reported and left out of the sums.
         """
         rows = [r for r in rows if isinstance(r, dict)]
         totals: Dict[str, Optional[Decimal]] = {"pnl": None, "realised": None, "unrealised": None, "mv": None}
+        out: List[Output] = []
         for raw in rows:
-            for name in ("pnl", "realised", "unrealised"):
-                value = to_decimal(raw.get(name))
+            try:
+                values = {name: to_decimal(raw.get(name)) for name in ("pnl", "realised", "unrealised")}
+                quantity, last = to_decimal(raw.get("quantity")), to_decimal(raw.get("last_price"))
+                if quantity is not None and last is not None:
+                    values["mv"] = quantity * last * (to_decimal(raw.get("multiplier")) or Decimal(1))
+            except Exception as exc:  # noqa: BLE001 - one bad row must not cost the others
+                out.append(skipped("Upstox position (P&L)", raw, exc))
+                continue
+            for name, value in values.items():
                 if value is not None:
                     totals[name] = (totals[name] or Decimal(0)) + value
-            quantity, last = to_decimal(raw.get("quantity")), to_decimal(raw.get("last_price"))
-            if quantity is not None and last is not None:
-                multiplier = to_decimal(raw.get("multiplier")) or Decimal(1)
-                totals["mv"] = (totals["mv"] or Decimal(0)) + quantity * last * multiplier
         if not rows:
             totals = {name: Decimal(0) for name in totals}
         pnl = PnL(broker=BROKER, account=self.account, daily_pnl=totals["pnl"],
                   realized_pnl=totals["realised"], unrealized_pnl=totals["unrealised"],
                   market_value=totals["mv"], raw=rows)
-        return [pnl] if self.pnl.update(self.account, pnl) is not None else []
+        return out + [pnl] if self.pnl.update(self.account, pnl) is not None else out
 
     # ------------------------------------------------------------- holdings
+    @only_protocol_errors
     def holdings_from(self, rows: Iterable[Any]) -> List[Output]:
         """Holdings from a full REST snapshot: changed ones, and sold-out ones once (quantity 0)."""
         return self._holdings(rows, snapshot=True)
 
     def _holdings(self, rows: Iterable[Any], snapshot: bool) -> List[Output]:
         items: List[Tuple[str, Holding]] = []
+        out: List[Output] = []
+        kept: Set[Hashable] = set()  # rows we could not read: their holdings are not "sold out"
         for raw in rows:
-            if not isinstance(raw, dict):
-                continue
-            instrument = to_text(first(_instrument(raw), raw.get("isin")))
-            if instrument is None:
-                continue
-            items.append((instrument, Holding(
-                broker=BROKER,
-                account=self.account,
-                symbol=self._symbol(raw),
-                quantity=to_decimal(raw.get("quantity")),
-                avg_price=to_decimal(raw.get("average_price")),
-                exchange=_exchange(raw.get("exchange")),
-                instrument=instrument,
-                raw=raw,
-            )))
+            try:
+                if not isinstance(raw, dict):
+                    continue
+                instrument = to_text(first(_instrument(raw), raw.get("isin")))
+                if instrument is None:
+                    continue
+                kept.add(instrument)
+                items.append((instrument, Holding(
+                    broker=BROKER,
+                    account=self.account,
+                    symbol=self._symbol(raw),
+                    quantity=to_decimal(raw.get("quantity")),
+                    avg_price=to_decimal(raw.get("average_price")),
+                    exchange=_exchange(raw.get("exchange")),
+                    instrument=instrument,
+                    raw=raw,
+                )))
+                kept.discard(instrument)
+            except Exception as exc:  # noqa: BLE001 - one bad row must not cost its neighbours
+                out.append(skipped("Upstox holding", raw, exc))
         if snapshot:
-            return list(self.holdings.apply_snapshot(items))
-        return [holding for key, holding in items if self.holdings.update(key, holding) is not None]
+            out.extend(self.holdings.apply_snapshot(items, lambda key: key not in kept))
+        else:
+            out.extend(holding for key, holding in items if self.holdings.update(key, holding) is not None)
+        return out
 
     # ------------------------------------------------------------- GTT orders
+    @only_protocol_errors
     def gtt_from(self, rows: Iterable[Any]) -> List[Output]:
         """A :class:`GttOrder` for each GTT order (feed update or REST row) that changed.
 
@@ -464,32 +510,38 @@ class UpstoxProtocol(Protocol):
         """
         out: List[Output] = []
         for raw in rows:
-            if not isinstance(raw, dict) or raw.get("gtt_order_id") in (None, ""):
-                continue
-            gtt_id = str(raw["gtt_order_id"])
-            rules = [r for r in raw.get("rules") or () if isinstance(r, dict)]
-            entry = next((r for r in rules if str(r.get("strategy", "")).upper() == "ENTRY"),
-                         rules[0] if rules else {})
-            signature = (
-                to_text(raw.get("type")), to_decimal(raw.get("quantity")), to_text(raw.get("expires_at")),
-                tuple((to_text(r.get("strategy")), to_text(r.get("status")), to_decimal(r.get("trigger_price")),
-                       to_text(r.get("order_id")), to_text(r.get("transaction_type"))) for r in rules),
-            )
-            if self._gtt.update(gtt_id, signature) is None:
-                continue
-            out.append(GttOrder(
-                broker=BROKER,
-                account=self.account,
-                gtt_order_id=gtt_id,
-                symbol=self._symbol(raw),
-                side=side_of(entry.get("transaction_type")),
-                quantity=to_decimal(raw.get("quantity")),
-                gtt_type=to_text(raw.get("type")),
-                status=to_text(entry.get("status")),
-                rules=rules,
-                time=from_epoch_us(raw.get("created_at")),
-                raw=raw,
-            ))
+            try:
+                if not isinstance(raw, dict) or raw.get("gtt_order_id") in (None, ""):
+                    continue
+                gtt_id = _id_of(raw["gtt_order_id"], "gtt_order_id")
+                listed = raw.get("rules")
+                if listed is not None and not isinstance(listed, list):
+                    raise ProtocolError("GTT order rules is not a list")
+                rules = [r for r in listed or () if isinstance(r, dict)]
+                entry = next((r for r in rules if (to_text(r.get("strategy")) or "").upper() == "ENTRY"),
+                             rules[0] if rules else {})
+                signature = (
+                    to_text(raw.get("type")), to_decimal(raw.get("quantity")), to_text(raw.get("expires_at")),
+                    tuple((to_text(r.get("strategy")), to_text(r.get("status")), to_decimal(r.get("trigger_price")),
+                           to_text(r.get("order_id")), to_text(r.get("transaction_type"))) for r in rules),
+                )
+                gtt = GttOrder(
+                    broker=BROKER,
+                    account=self.account,
+                    gtt_order_id=gtt_id,
+                    symbol=self._symbol(raw),
+                    side=side_of(entry.get("transaction_type")),
+                    quantity=to_decimal(raw.get("quantity")),
+                    gtt_type=to_text(raw.get("type")),
+                    status=to_text(entry.get("status")),
+                    rules=rules,
+                    time=from_epoch_us(raw.get("created_at")),
+                    raw=raw,
+                )
+                if self._gtt.update(gtt_id, signature) is not None:
+                    out.append(gtt)
+            except Exception as exc:  # noqa: BLE001 - one bad GTT order must not cost its neighbours
+                out.append(skipped("Upstox GTT order", raw, exc))
         return out
 
 
@@ -610,6 +662,8 @@ class UpstoxFeed(Feed[UpstoxProtocol]):
 
     def _connect_target(self) -> ConnectTarget:
         self._stage = "authorize"
+        # A provider that raises or returns no token: ConnectionFailed (redacted), reported to
+        # on_error and retried with backoff like any failed attempt (see TokenSource).
         self._token = self._tokens.current()
         types = self.update_types
         self._apply(lambda protocol: protocol.authorize(types))

@@ -22,7 +22,8 @@ Faults, beyond the base class's ``drop()``, ``stall()``, ``close_all()``, ``rest
 (a new trading day: sequences restart at 1), ``withhold_replay_complete``,
 ``ack_without_account``, :meth:`refuse_next_subscribe`, :meth:`expire_tokens`,
 :meth:`send_error_notice`, :meth:`send_malformed`, :meth:`send_unknown`,
-:meth:`send_binary`.
+:meth:`send_binary`, :meth:`inject` (a sequenced frame pushed live but never journaled,
+with any timestamp and sequence) and :meth:`send_far_future` (one frame dated 2286).
 """
 
 from __future__ import annotations
@@ -292,6 +293,29 @@ class ClearStreetSimulator(SimulatorBase):
     def send_binary(self) -> None:
         """A binary frame with garbage in it."""
         self.send_raw(b"\x00\x01\x02binary", text=False)
+
+    def inject(self, account: Optional[str] = None, kind: str = "order-update",
+               data: Optional[Dict[str, Any]] = None, *, timestamp_ms: Optional[int] = None,
+               sequence: Optional[int] = None) -> int:
+        """Push one sequenced frame live to ``account``'s subscribers without journaling it
+        (a bad frame from a faulty server: a replay never repeats it). ``sequence``
+        defaults to the account's next one, ``timestamp_ms`` to now, ``data`` to a new
+        order of 1 share. Returns the sequence used."""
+        account = account or self.account
+        if data is None:
+            data = self._order_data(account, str(next(_ORDER_IDS)), "BOGUS", "buy", 1, 1.0, "limit")
+        seq = len(self.journals.get(account, ())) + 1 if sequence is None else sequence
+        stamp = self._now_ms() if timestamp_ms is None else timestamp_ms
+        text = json.dumps({"timestamp": stamp, "sequence": seq, "payload": {"type": kind, "data": data}},
+                          separators=(",", ":"))
+        self.call(self._push_live_async(account, text))
+        return seq
+
+    def send_far_future(self, account: Optional[str] = None, timestamp_ms: int = 9_999_999_999_999,
+                        sequence: Optional[int] = None) -> int:
+        """One sequenced frame dated 2286-11-20 (``timestamp`` 9999999999999 ms), pushed live
+        and never journaled; returns its sequence (by default the account's next one)."""
+        return self.inject(account, timestamp_ms=timestamp_ms, sequence=sequence)
 
     # ----------------------------------------------------------------- internals
     def _now_ms(self) -> int:

@@ -17,7 +17,8 @@ Behaves as protocols/firstock.md describes:
 * REST under ``/V1``: ``login`` (SHA-256 password), ``orderBook``, ``positionBook``, ``logout``.
 * Faults: everything :class:`SimulatorBase` offers (``drop``, ``stall``, ``close_all``,
   ``restart``, ``send_raw``) plus :meth:`unauthenticate` (mid-session, optionally rotating
-  the jKey), :attr:`silent` (never answer auth), :meth:`send_malformed`, :meth:`notice`.
+  the jKey), :attr:`silent` (never answer auth), :meth:`send_before_auth` (garbage ahead
+  of the authentication answer), :meth:`send_malformed`, :meth:`notice`.
 * Accepts handshakes with several ``Origin`` headers (the official SDK sends two), which
   the ``websockets`` library would otherwise refuse with HTTP 400.
 
@@ -101,6 +102,7 @@ class FirstockSimulator(SimulatorBase):
         self.max_sessions = max_sessions
         self.reject_style = reject_style
         self.silent = False  # fault: accept the upgrade, never answer the authentication
+        self._before_auth: List[Union[str, bytes]] = []  # fault: frames sent ahead of the answer
         self.session_limit_text = f"Maximum sessions limit ({max_sessions}) reached"
         self.orders: Dict[str, Dict[str, Any]] = {}  # socket format, full
         self.positions: Dict[Tuple[str, str], Dict[str, Any]] = {}  # socket format
@@ -283,6 +285,12 @@ class FirstockSimulator(SimulatorBase):
         """A frame that is not JSON."""
         return self.send_raw('{"norenordno": "1", "status": ')
 
+    def send_before_auth(self, frame: Union[str, bytes] = b"\x00\xffgarbage{", count: int = 1) -> None:
+        """The next ``count`` connections with a valid jKey get ``frame`` (text; bytes may be
+        invalid UTF-8) before the authentication answer, which follows as usual."""
+        with self.lock:
+            self._before_auth.extend([frame] * count)
+
     def send_unknown(self) -> int:
         """A JSON message nobody knows."""
         return self.broadcast({"future_feature": {"x": 1}})
@@ -322,6 +330,10 @@ class FirstockSimulator(SimulatorBase):
             await self.send_to(client, self.session_limit_text)
             await ws.close(1008, "session limit")
             return
+        with self.lock:
+            early = self._before_auth.pop(0) if self._before_auth else None
+        if early is not None:
+            await self.send_to(client, early, text=True)
         tasks = []
         if self.silent:
             client.info["auth"] = "silent"

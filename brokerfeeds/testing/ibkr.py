@@ -191,6 +191,11 @@ class IbkrSimulator(SimulatorBase):
         self.broadcast(self._encode({"topic": "sts", "args": {"authenticated": authenticated}}), binary=self.binary)
 
     # faults ----------------------------------------------------------
+    def send_orders(self, updates: List[Any]) -> None:
+        """One ``sor`` frame carrying ``updates`` as given (any values, e.g. a bad number
+        among good orders) to every ``sor`` subscriber; the book is not changed."""
+        self._push("sor", {"topic": "sor", "args": updates})
+
     def send_malformed(self) -> None:
         """A frame that is not JSON."""
         self.send_raw(b'{"topic":"sor","args":[{"orderId":', text=not self.binary)
