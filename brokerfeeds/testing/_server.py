@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import http.server
 import json
+import logging
 import socketserver
 import threading
 import time
@@ -35,6 +36,10 @@ except ImportError as exc:  # pragma: no cover
 __all__ = ["SimulatorBase", "HttpRequest", "HttpReply", "Client"]
 
 T = TypeVar("T")
+
+#: websockets' logger for the simulators: INFO and above only (DEBUG would show secrets).
+_WS_LOG = logging.getLogger("brokerfeeds.testing.websockets")
+_WS_LOG.setLevel(logging.INFO)
 #: How :meth:`SimulatorBase.check_handshake` refuses: ``(status, body)`` or with headers.
 Refusal = Union[Tuple[int, str], Tuple[int, str, Dict[str, str]]]
 S = TypeVar("S", bound="SimulatorBase")
@@ -284,10 +289,13 @@ class SimulatorBase:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
 
     async def _start_ws(self) -> None:
+        # websockets logs every header and frame at DEBUG: cookies, one-time codes and tokens.
+        # The simulators log through a logger of their own that never goes below INFO.
         self._server = await serve(
             self._handle,
             self.host,
             self._port,
+            logger=_WS_LOG,
             process_request=self._process_request,
             ping_interval=self.ping_interval,
             ping_timeout=self.ping_timeout,

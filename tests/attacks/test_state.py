@@ -3,6 +3,7 @@ connection (during the reconnect backoff, while the server is down)."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 
@@ -40,3 +41,18 @@ def test_state_is_reconnecting_from_the_loss_until_the_next_connection_is_ready(
             assert feed.wait_connected(5)  # and back once the server is
             rec.wait_for("connect", count=2)
         wait_until(lambda: feed.state == "stopped")
+
+
+def test_the_simulators_never_log_tokens_cookies_or_codes(caplog: pytest.LogCaptureFixture) -> None:
+    from brokerfeeds import ClearStreetFeed
+    from brokerfeeds.testing import ClearStreetSimulator
+
+    caplog.set_level(logging.DEBUG)  # every logger, websockets' included
+    with ClearStreetSimulator() as sim:
+        feed = ClearStreetFeed(access_token=sim.token, url=sim.url, rest_url=sim.rest_url, ping_interval=None)
+        rec = Recorder(feed)
+        feed.subscribe_activity(sim.account)
+        with feed:
+            rec.wait_for("replay_complete")
+    assert sim.token not in caplog.text
+    assert any(r.name.startswith("brokerfeeds") for r in caplog.records)  # the capture did work
