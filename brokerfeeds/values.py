@@ -16,14 +16,17 @@ so it can never raise :class:`decimal.Overflow`, and ``float(number)`` is always
 from __future__ import annotations
 
 import datetime as _dt
+import importlib
 import json
 from decimal import Decimal, DecimalException
+from types import ModuleType
 from typing import Any, Callable, Dict, Optional
 
-try:  # the "fast" extra
-    import orjson as _orjson
+_orjson: Optional[ModuleType]
+try:  # the "fast" extra (imported by name, so type checks pass with or without it installed)
+    _orjson = importlib.import_module("orjson")
 except ImportError:  # pragma: no cover - exercised when the extra is absent
-    _orjson = None  # type: ignore[assignment]  # the module or None: checked before each use
+    _orjson = None
 
 __all__ = ["to_decimal", "to_text", "loads", "FAST_JSON", "from_epoch_ms", "utc"]
 
