@@ -46,15 +46,17 @@ may still be running, so callbacks of one feed never run two at a time.
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
 from collections import deque
 from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
 from .errors import BacklogWarning, BrokerFeedsError, CallbackError
+from .events import Event
 from .redact import RedactingLogger, safe_repr
 
-__all__ = ["Dispatcher", "CallbackRegistry", "Lane", "DISPATCH_MODES"]
+__all__ = ["Dispatcher", "CallbackRegistry", "EventIterator", "Lane", "DISPATCH_MODES"]
 
 DISPATCH_MODES = ("thread", "inline", "queue")
 
@@ -532,3 +534,44 @@ def _join(thread: threading.Thread, deadline: float) -> None:
 
 #: Kinds that ``feed.events()`` does not yield: lifecycle and raw messages, not data.
 _NOT_SINK_KINDS = frozenset({"connect", "disconnect", "error", "message"})
+
+
+class EventIterator:
+    """What ``Feed.events()`` returns: a sink fed by the dispatcher, read by the caller."""
+
+    def __init__(self, dispatcher: Dispatcher, stopped: Callable[[], bool], timeout: Optional[float]) -> None:
+        self._dispatcher = dispatcher
+        self._stopped = stopped
+        self._timeout = timeout
+        self._sink: "queue.SimpleQueue[Event]" = queue.SimpleQueue()
+        self._pump = dispatcher.mode == "queue"
+        self._open = True
+        dispatcher.add_sink(self._sink)
+
+    def __iter__(self) -> "EventIterator":
+        return self
+
+    def __next__(self) -> Event:
+        last = _monotonic()
+        while self._open:
+            if self._pump:
+                self._dispatcher.process(timeout=0.05)
+            try:
+                return self._sink.get(timeout=0.0 if self._pump else 0.1)
+            except queue.Empty:
+                pass
+            if self._stopped() and not self._dispatcher.pending:
+                break
+            if self._timeout is not None and _monotonic() - last >= self._timeout:
+                break
+        self.close()
+        raise StopIteration
+
+    def close(self) -> None:
+        """Stop receiving events."""
+        if self._open:
+            self._open = False
+            self._dispatcher.remove_sink(self._sink)
+
+    def __del__(self) -> None:
+        self.close()

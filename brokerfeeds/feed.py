@@ -42,10 +42,8 @@ Lifetime (the contract with users):
 from __future__ import annotations
 
 import abc
-import atexit
 import datetime as _dt
 import logging
-import queue
 import threading
 import time
 import urllib.parse
@@ -70,8 +68,10 @@ from typing import (
 import attrs
 
 from . import events as ev
-from .dispatch import CallbackRegistry, Dispatcher, Lane
+from . import lifecycle
+from .dispatch import CallbackRegistry, Dispatcher, EventIterator, Lane
 from .errors import BrokerFeedsError, ProtocolError
+from .lifecycle import Run
 from .owner import AdapterOwner, P, protocol_error
 from .protocol import (
     Control,
@@ -393,7 +393,7 @@ class Feed(abc.ABC, Generic[P]):
                                               lambda exc: self._thread_crashed("rest", exc))
             self._scheduler = run.scheduler
             self._supervisor = run.supervisor = Supervisor(self, run)
-            _running.add(self)
+            lifecycle.running.add(self)
             if run.scheduler is not None:
                 run.scheduler.start()  # idle until the io thread connects
             # Known as this run's threads before the io thread can act (it may fail at once).
@@ -502,7 +502,7 @@ class Feed(abc.ABC, Generic[P]):
         arrives for ``timeout`` seconds. Callbacks still run as usual; in ``"queue"``
         mode the iterator pumps them.
         """
-        return _EventIterator(self._dispatcher, lambda: self._state == "stopped", timeout)
+        return EventIterator(self._dispatcher, lambda: self._state == "stopped", timeout)
 
     def __enter__(self) -> "Feed[P]":
         return self.start()
@@ -828,7 +828,7 @@ class Feed(abc.ABC, Generic[P]):
             if self._rest is not None:
                 self._rest.close()
             self._set_state("stopped")
-            _running.discard(self)
+            lifecycle.running.discard(self)
         me = threading.current_thread()
         left = [t.name for t in run.threads() if t is not me and t.is_alive()]
         if left:
@@ -864,6 +864,16 @@ class Feed(abc.ABC, Generic[P]):
         self._dispatcher.put("error", error)
 
     # ================================================================ internals
+    def _stop_at_exit(self, timeout: float) -> None:
+        """The interpreter is exiting with this feed still running: stop it, say what was lost."""
+        dispatcher = self._dispatcher
+        before, waiting = dispatcher.dropped_at_stop, dispatcher.pending
+        self.stop(timeout)
+        dropped = dispatcher.dropped_at_stop - before
+        unpumped = dispatcher.pending if dispatcher.mode == "queue" else 0
+        self._log.warning("stopped at interpreter exit (call stop() or use `with`): %d event(s) were "
+                          "waiting, %d dropped", waiting, dropped + unpumped)
+
     def _threads(self) -> List[threading.Thread]:
         """The current run's threads."""
         return self._run.threads() if self._run is not None else []
@@ -895,111 +905,10 @@ class Feed(abc.ABC, Generic[P]):
                 self._state_cond.notify_all()
 
 
-class Run:
-    """One run of a feed, from ``start()`` until it has stopped, and the threads serving it.
-
-    A thread of a run that is over may outlive it (a callback or an HTTP call that did not
-    return within ``stop()``'s timeout): it holds its own run's stop event and lane, and
-    what it reports afterwards is ignored, so it never touches the next run.
-    """
-
-    __slots__ = ("stop_event", "supervisor", "scheduler", "lane", "deadline", "waited", "__weakref__")
-
-    def __init__(self) -> None:
-        self.stop_event = threading.Event()
-        self.supervisor: Optional[Supervisor] = None
-        self.scheduler: Optional[RestScheduler] = None
-        self.lane: Optional[Lane] = None
-        #: When stop()'s time is up (monotonic): the earliest of every stop() call's.
-        self.deadline = float("inf")
-        #: A stop() caller (not a feed thread) waits for this run's threads and finishes.
-        self.waited = False
-
-    def threads(self) -> List[threading.Thread]:
-        """This run's threads that were started."""
-        candidates = (
-            self.supervisor.thread if self.supervisor is not None else None,
-            self.scheduler.thread if self.scheduler is not None else None,
-            self.lane.thread if self.lane is not None else None,
-        )
-        return [t for t in candidates if t is not None]
-
-
-#: Feeds started and not yet stopped. Weak: it never keeps a feed alive by itself.
-_running: "weakref.WeakSet[Feed[Any]]" = weakref.WeakSet()
-
-#: Seconds the interpreter-exit hook gives each running feed to deliver what waits.
-EXIT_TIMEOUT = 1.0
-
-
-def _stop_running_feeds() -> None:
-    """At interpreter exit, stop every feed still running.
-
-    Feed threads are daemons: without this, callbacks still queued would vanish silently
-    when the interpreter ends. Each feed gets :data:`EXIT_TIMEOUT` seconds; what it drops
-    is logged.
-    """
-    for feed in list(_running):
-        try:
-            dispatcher = feed._dispatcher
-            before, waiting = dispatcher.dropped_at_stop, dispatcher.pending
-            feed.stop(EXIT_TIMEOUT)
-            dropped = dispatcher.dropped_at_stop - before
-            unpumped = dispatcher.pending if dispatcher.mode == "queue" else 0
-            feed._log.warning("stopped at interpreter exit (call stop() or use `with`): %d event(s) were "
-                              "waiting, %d dropped", waiting, dropped + unpumped)
-        except Exception:  # noqa: BLE001 - one feed's trouble must not keep the others running
-            pass
-
-
-atexit.register(_stop_running_feeds)
-
-
 def _check_rest_url(url: str) -> None:
     parts = urllib.parse.urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ValueError(f"rest_url must be an http:// or https:// URL, got {parts.scheme or 'no'} scheme")
-
-
-class _EventIterator:
-    """What :meth:`Feed.events` returns: a sink fed by the dispatcher, read by the caller."""
-
-    def __init__(self, dispatcher: Dispatcher, stopped: Callable[[], bool], timeout: Optional[float]) -> None:
-        self._dispatcher = dispatcher
-        self._stopped = stopped
-        self._timeout = timeout
-        self._sink: "queue.SimpleQueue[ev.Event]" = queue.SimpleQueue()
-        self._pump = dispatcher.mode == "queue"
-        self._open = True
-        dispatcher.add_sink(self._sink)
-
-    def __iter__(self) -> "_EventIterator":
-        return self
-
-    def __next__(self) -> ev.Event:
-        last = _monotonic()
-        while self._open:
-            if self._pump:
-                self._dispatcher.process(timeout=0.05)
-            try:
-                return self._sink.get(timeout=0.0 if self._pump else 0.1)
-            except queue.Empty:
-                pass
-            if self._stopped() and not self._dispatcher.pending:
-                break
-            if self._timeout is not None and _monotonic() - last >= self._timeout:
-                break
-        self.close()
-        raise StopIteration
-
-    def close(self) -> None:
-        """Stop receiving events."""
-        if self._open:
-            self._open = False
-            self._dispatcher.remove_sink(self._sink)
-
-    def __del__(self) -> None:
-        self.close()
 
 
 def _wall(mono: Optional[float]) -> Optional[_dt.datetime]:

@@ -29,7 +29,8 @@ from .reconnect import Backoff
 from .transport import FRAME_BINARY, FRAME_TEXT, Closed, Connection
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .feed import Feed, Run
+    from .feed import Feed
+    from .lifecycle import Run
 
 __all__ = ["Supervisor", "Liveness"]
 

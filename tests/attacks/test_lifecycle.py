@@ -28,7 +28,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import pytest
 
-import brokerfeeds.feed as feed_module
+from brokerfeeds import lifecycle
 from brokerfeeds import ClearStreetFeed, FirstockFeed, IbkrFeed
 from brokerfeeds.dispatch import Dispatcher
 from brokerfeeds.errors import AuthenticationError, BacklogWarning, BrokerFeedsError, CallbackError
@@ -489,8 +489,8 @@ def test_the_exit_hook_stops_a_running_feed_the_program_dropped(sim):
     del feed
     gc.collect()
     assert feed_threads(), "a running feed is kept alive by its threads (documented)"
-    feed_module._stop_running_feeds()
-    assert not feed_threads() and not list(feed_module._running)
+    lifecycle.stop_running_feeds()
+    assert not feed_threads() and not list(lifecycle.running)
 
 
 # ============================================================================ 5. secrets in error and notice text
