@@ -208,6 +208,12 @@ class SnapshotBook(ChangeTracker[Item]):
         return out
 
 
+    def apply_updates(self, items: Iterable[Tuple[Hashable, Item]]) -> List[Item]:
+        """Store every ``(key, item)`` of a partial update; return the changed ones (an
+        item absent from a partial update is not closed)."""
+        return [item for key, item in items if self.update(key, item) is not None]
+
+
 def closed(item: Item) -> Item:
     """``item`` as reported once it left the broker's snapshot: quantity 0, no raw message
     (a closed position has no average price and no unrealized P&L; realized P&L is kept)."""

@@ -430,7 +430,7 @@ class UpstoxProtocol(Protocol):
         if snapshot:
             out.extend(self.positions.apply_snapshot(items, lambda key: key not in kept))
         else:
-            out.extend(position for key, position in items if self.positions.update(key, position) is not None)
+            out.extend(self.positions.apply_updates(items))
         return out
 
     @only_protocol_errors
@@ -497,7 +497,7 @@ class UpstoxProtocol(Protocol):
         if snapshot:
             out.extend(self.holdings.apply_snapshot(items, lambda key: key not in kept))
         else:
-            out.extend(holding for key, holding in items if self.holdings.update(key, holding) is not None)
+            out.extend(self.holdings.apply_updates(items))
         return out
 
     # ------------------------------------------------------------- GTT orders
