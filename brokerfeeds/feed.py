@@ -101,6 +101,7 @@ STATES = ("idle", "connecting", "connected", "reconnecting", "stopped")
 _monotonic = time.monotonic
 
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
 OrderHandler = TypeVar("OrderHandler", bound=Callable[[ev.Order], Any])
 TradeHandler = TypeVar("TradeHandler", bound=Callable[[ev.Trade], Any])
 PositionHandler = TypeVar("PositionHandler", bound=Callable[[ev.Position], Any])
@@ -626,9 +627,7 @@ class Feed(abc.ABC, Generic[P]):
         self._dispatcher.check_backlog()  # a REST snapshot may bring many events at once
         return driven
 
-    T = TypeVar("T")
-
-    def _query(self, fn: Callable[[P], "Feed.T"], default: "Feed.T") -> "Feed.T":
+    def _query(self, fn: Callable[[P], T], default: T) -> T:
         """Read adapter state: ``fn(adapter)`` under the owner's lock (``default`` if none)."""
         return self._owner.query(fn, default)
 
