@@ -37,9 +37,11 @@ __all__ = ["SimulatorBase", "HttpRequest", "HttpReply", "Client"]
 
 T = TypeVar("T")
 
-#: websockets' logger for the simulators: INFO and above only (DEBUG would show secrets).
-_WS_LOG = logging.getLogger("brokerfeeds.testing.websockets")
-_WS_LOG.setLevel(logging.INFO)
+#: websockets' logger for the simulators: its DEBUG lines (headers, frames) would show secrets,
+#: so they are filtered out; INFO and above follow the application's logging as before.
+_WS_LOG = logging.getLogger("websockets.simulator")
+_WS_LOG.addFilter(lambda record: record.levelno >= logging.INFO)
+
 #: How :meth:`SimulatorBase.check_handshake` refuses: ``(status, body)`` or with headers.
 Refusal = Union[Tuple[int, str], Tuple[int, str, Dict[str, str]]]
 S = TypeVar("S", bound="SimulatorBase")
