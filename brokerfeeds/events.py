@@ -51,6 +51,9 @@ class OrderStatus(str, enum.Enum):
 
     PENDING = "PENDING"
     OPEN = "OPEN"
+    #: Accepted by the broker but not working (IBKR ``Inactive``: a system, exchange or
+    #: other issue). Not final: a later update may bring it back to OPEN or fill it.
+    INACTIVE = "INACTIVE"
     PARTIALLY_FILLED = "PARTIALLY_FILLED"
     FILLED = "FILLED"
     CANCELLED = "CANCELLED"
@@ -81,10 +84,15 @@ class Event:
 
 @attrs.frozen(slots=True, kw_only=True)
 class Order(Event):
-    """The complete, merged state of one order after a change."""
+    """The complete, merged state of one order after a change.
+
+    ``order_id`` is the broker's own id; ``client_order_id`` is the id the client gave
+    the order when placing it (IBKR's ``order_ref`` / cOID), where the broker sends one.
+    """
 
     account: Optional[str] = None
     order_id: str
+    client_order_id: Optional[str] = None
     symbol: Optional[str] = None
     side: Optional[Side] = None
     quantity: Optional[Decimal] = None
@@ -102,11 +110,17 @@ class Order(Event):
 
 @attrs.frozen(slots=True, kw_only=True)
 class Trade(Event):
-    """One fill (execution)."""
+    """One fill (execution).
+
+    ``order_id`` is the broker's id of the order the fill belongs to, or None when the
+    broker did not say and it could not be resolved; it is never the client's id, which
+    is ``client_order_id``.
+    """
 
     account: Optional[str] = None
     trade_id: Optional[str] = None
     order_id: Optional[str] = None
+    client_order_id: Optional[str] = None
     symbol: Optional[str] = None
     side: Optional[Side] = None
     quantity: Optional[Decimal] = None
@@ -133,7 +147,12 @@ class Position(Event):
 
 @attrs.frozen(slots=True, kw_only=True)
 class PnL(Event):
-    """Account-level profit and loss totals."""
+    """Account-level profit and loss totals.
+
+    A figure the broker does not send is None, never 0: IBKR's ``spl`` has no realized
+    P&L, so there ``realized_pnl`` is None; its ``mv`` is the *margin* value
+    (``margin_value``), not a market value.
+    """
 
     account: Optional[str] = None
     daily_pnl: Optional[Decimal] = None
@@ -141,6 +160,8 @@ class PnL(Event):
     realized_pnl: Optional[Decimal] = None
     net_liquidation: Optional[Decimal] = None
     market_value: Optional[Decimal] = None
+    margin_value: Optional[Decimal] = None
+    excess_liquidity: Optional[Decimal] = None
 
 
 @attrs.frozen(slots=True, kw_only=True)

@@ -68,3 +68,12 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 5.0, interval: fl
 def feed_threads() -> List[threading.Thread]:
     """Live threads started by any feed."""
     return [t for t in threading.enumerate() if t.name.startswith("brokerfeeds-")]
+
+
+def official_client(module: str):
+    """Import an official broker client for a conformance test, or skip the test saying how
+    to install it (the ``conformance`` extra)."""
+    import pytest
+
+    return pytest.importorskip(
+        module, reason=f"official client {module!r} not installed: pip install -e '.[conformance]'")
