@@ -44,8 +44,10 @@ from __future__ import annotations
 import datetime as dt
 import json
 import select
+import shutil
 import socket
 import ssl
+import subprocess
 import threading
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
@@ -67,13 +69,22 @@ SBIN = "NSE_EQ|INE062A01020"
 
 # ====================================================================== the TLS front
 def _self_signed(directory: Path, hostname: str) -> Tuple[Path, Path]:
-    """A throwaway self-signed certificate and key for ``hostname`` (PEM files)."""
-    pytest.importorskip("cryptography", reason="the TLS front needs 'cryptography' for its test certificate")
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
+    """A throwaway self-signed certificate and key for ``hostname`` (PEM files), made with
+    ``cryptography`` if installed, else the ``openssl`` command; the test skips without both."""
+    cert_file, key_file = directory / "cert.pem", directory / "key.pem"
+    try:
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import NameOID
+    except ImportError:
+        openssl = shutil.which("openssl")
+        if openssl is None:
+            pytest.skip("the TLS front needs a test certificate: install 'cryptography' (or the openssl command)")
+        subprocess.run([openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                        "-nodes", "-days", "1", "-subj", f"/CN={hostname}", "-addext", f"subjectAltName=DNS:{hostname}",
+                        "-keyout", str(key_file), "-out", str(cert_file)], check=True, capture_output=True, timeout=30)
+        return cert_file, key_file
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)])
     now = dt.datetime.now(dt.timezone.utc)
@@ -82,7 +93,6 @@ def _self_signed(directory: Path, hostname: str) -> Tuple[Path, Path]:
             .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1))
             .add_extension(x509.SubjectAlternativeName([x509.DNSName(hostname)]), critical=False)
             .sign(key, hashes.SHA256()))
-    cert_file, key_file = directory / "cert.pem", directory / "key.pem"
     cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                            serialization.NoEncryption()))
