@@ -4,8 +4,12 @@ Behaves as protocols/upstox.md describes:
 
 * ``GET /v2/feed/portfolio-stream-feed/authorize?update_types=...`` checks the bearer
   token and mints a single-use ``authorized_redirect_uri``
-  (``ws://127.0.0.1:<port>/upstox-developer-api/order-updates/feed?requestId=..&code=..``);
-  the socket accepts each code once and answers 403 to a reused or unknown code.
+  (``ws://127.0.0.1:<port>/upstox-developer-api/order-updates/feed?requestId=..&code=..``,
+  or on ``public_ws_url`` when the simulator sits behind a TLS front); the socket accepts
+  each code once and refuses a reused or unknown code (403, or ``refuse_status``).
+* The official SDK's way in (upstox-python-sdk ``upstox_client/feeder/portfolio_data_feeder.py``):
+  a socket handshake on ``/v2/feed/portfolio-stream-feed?update_types=...`` with the bearer
+  token, answered with a 302 to a freshly minted one-time URI.
 * The socket sends one flat JSON text frame per update, only for the ``update_types``
   the code was minted for (default ``order``), never expects a client frame, and sends
   WebSocket pings every ``ping_every`` seconds.
@@ -18,6 +22,7 @@ Behaves as protocols/upstox.md describes:
 Faults: :meth:`drop`, :meth:`close_all` (1000, 1011, ...), :meth:`stall` / :meth:`resume`,
 :meth:`expire_token` (401 on the next authorize; optionally drop sockets at once),
 :meth:`rate_limit` (429 with ``Retry-After`` on authorize), :meth:`reject_handshakes`,
+:meth:`redirect_next` (a 302 to a given, e.g. spent, one-time URI),
 :meth:`send_unknown` (an unknown ``update_type``) and :meth:`send_malformed`.
 
     with UpstoxSimulator() as sim:
@@ -37,6 +42,7 @@ import time
 import uuid
 import zlib
 from decimal import Decimal
+from http import HTTPStatus
 from typing import Any, Dict, List, Optional, Set, Tuple, Union
 
 from ._server import Client, HttpRequest, Refusal, SimulatorBase, query_of
@@ -49,6 +55,8 @@ _IST = _dt.timezone(_dt.timedelta(hours=5, minutes=30))
 FEED_PATH = "/upstox-developer-api/order-updates/feed"
 #: The socket URL that answers 302 to a one-time ``FEED_PATH`` URI (what the official SDK opens).
 REDIRECT_PATH = "/v2/feed/portfolio-stream-feed"
+#: The keys of the authorize reply's ``data`` (current spelling, deprecated spelling).
+AUTHORIZE_FIELDS = ("authorized_redirect_uri", "authorizedRedirectUri")
 
 
 def _now_ist() -> str:
@@ -74,12 +82,33 @@ class UpstoxSimulator(SimulatorBase):
         token: str = "eyJ0eXAiOiJKV1Qi.sim-access-token.4f1c2e9a7b",
         user_id: str = "7AB123",
         ping_every: Optional[float] = 5.0,
+        public_ws_url: Optional[str] = None,
+        authorize_fields: Tuple[str, ...] = AUTHORIZE_FIELDS,
+        refuse_status: int = 403,
         **kwargs: Any,
     ) -> None:
+        """``public_ws_url`` (``scheme://host[:port]``) is the base of the one-time URIs the
+        simulator mints (default its own ``ws://`` address): Upstox's are ``wss://``, and
+        websocket-client keeps the dispatcher chosen for the *first* URL across a redirect
+        (``websocket/_app.py``: ``create_dispatcher(..., parse_url(self.url)[3])``), so a
+        client that starts on ``wss://`` (the official SDK) needs a ``wss://`` redirect target.
+        ``authorize_fields`` are the keys of the authorize reply's ``data``: Upstox documents
+        ``authorized_redirect_uri`` and calls ``authorizedRedirectUri`` deprecated, yet the
+        official SDK reads only the camelCase one (``upstox_client/models/
+        websocket_auth_redirect_response_data.py``), so which the live server sends is open:
+        both by default, either alone on request. ``refuse_status`` answers a reused or
+        unknown code (undocumented: 403 by default, 401 possible)."""
         super().__init__(**kwargs)
+        unknown = set(authorize_fields) - set(AUTHORIZE_FIELDS)
+        if unknown or not authorize_fields:
+            raise ValueError(f"authorize_fields must be some of {AUTHORIZE_FIELDS}, got {authorize_fields!r}")
         self.token = token
         self.user_id = user_id
         self.ping_every = ping_every  # server WebSocket pings (None: never ping)
+        self.public_ws_url = public_ws_url.rstrip("/") if public_ws_url else None
+        self.authorize_fields = tuple(authorize_fields)
+        self.refuse_status = refuse_status
+        self._redirect_next: List[str] = []  # URIs the next 302s point at instead of fresh ones
         self.valid_tokens: Set[str] = {token}
         self.codes: Dict[str, Tuple[str, ...]] = {}  # unused code -> update_types
         self.issued_codes: List[str] = []  # every code minted, in order
@@ -118,7 +147,7 @@ class UpstoxSimulator(SimulatorBase):
     @property
     def feed_url(self) -> str:
         """The socket endpoint the minted one-time URIs point at (without a code)."""
-        return self.ws_base + FEED_PATH
+        return (self.public_ws_url or self.ws_base) + FEED_PATH
 
     # ----------------------------------------------------------------- faults
     def expire_token(self, drop: bool = False, new_token: Optional[str] = None) -> None:
@@ -142,9 +171,15 @@ class UpstoxSimulator(SimulatorBase):
             self._retry_after = retry_after
 
     def reject_handshakes(self, times: int = 1) -> None:
-        """Refuse the next ``times`` socket handshakes with 403 although their codes are fresh."""
+        """Refuse the next ``times`` socket handshakes (``refuse_status``) although their codes are fresh."""
         with self.lock:
             self._reject_handshakes = times
+
+    def redirect_next(self, uri: str) -> None:
+        """The next 302 from ``REDIRECT_PATH`` points at ``uri`` (e.g. a one-time URI already
+        spent) instead of a freshly minted one: how a client is made to reuse a code."""
+        with self.lock:
+            self._redirect_next.append(uri)
 
     def send_unknown(self) -> int:
         """A frame with an ``update_type`` nobody knows (to every client)."""
@@ -347,7 +382,7 @@ class UpstoxSimulator(SimulatorBase):
             self.codes[code] = types
             self.issued_codes.append(code)
             self.authorizations += 1
-        return 200, {"status": "success", "data": {"authorized_redirect_uri": uri, "authorizedRedirectUri": uri}}, {}
+        return 200, {"status": "success", "data": {field: uri for field in self.authorize_fields}}, {}
 
     def _position(self, instrument_key: str, symbol: str, product: str) -> Dict[str, Any]:
         key = (instrument_key, product)
@@ -422,24 +457,34 @@ class UpstoxSimulator(SimulatorBase):
         if path == REDIRECT_PATH:
             # What the official SDK opens: authorized like the REST call, answered with a 302
             # to a freshly minted one-time URI (websocket-client follows it).
-            status, body, _ = self._authorize(HttpRequest(
-                "GET", path, query_of(request), {"Authorization": request.headers.get("Authorization", "")}, b""))
+            authed = HttpRequest("GET", path, query_of(request),
+                                 {"Authorization": request.headers.get("Authorization", "")}, b"")
+            with self.lock:
+                replay = self._redirect_next.pop(0) if self._redirect_next else None
+            if replay is not None:
+                if not self._token_ok(authed):
+                    return 401, "Unauthorized"
+                return 302, "", {"Location": replay}
+            status, body, _ = self._authorize(authed)
             if status != 200:
                 return status, "Unauthorized" if status == 401 else json.dumps(body)
-            return 302, "", {"Location": body["data"]["authorized_redirect_uri"]}
+            return 302, "", {"Location": body["data"][self.authorize_fields[0]]}
         if path != FEED_PATH:
             return 404, "Not Found"
         code = query_of(request).get("code", "")
         with self.lock:
             if self._reject_handshakes > 0:
                 self._reject_handshakes -= 1
-                return 403, "Forbidden"
+                return self._refusal()
             types = self.codes.pop(code, None)
             if types is None:
                 self.reused_codes += 1
-                return 403, "Forbidden"
+                return self._refusal()
             self.used_codes.append(code)
         return {"types": set(types), "code": code}
+
+    def _refusal(self) -> Refusal:
+        return self.refuse_status, HTTPStatus(self.refuse_status).phrase
 
     async def serve_client(self, client: Client) -> None:
         pinger = [asyncio.ensure_future(self._pings(client))] if self.ping_every else []
