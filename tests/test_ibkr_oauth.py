@@ -278,10 +278,13 @@ def test_refused_detects_ibkr_401_only() -> None:
     assert not OAuthSession.refused(200, {})
 
 
-def test_websocket_url_and_headers(ibkr: OAuthHttp) -> None:
+def test_websocket_connect_target(ibkr: OAuthHttp) -> None:
     session = new_session(ibkr, credentials={"ws_url": "wss://api.ibkr.com/v1/api/ws"})
-    assert session.websocket_url() == f"wss://api.ibkr.com/v1/api/ws?oauth_token={ibkr.oauth.access_token}"
-    assert session.websocket_headers() == {"User-Agent": "brokerfeeds"}
+    target = session.connect_target(SESSION_ID)
+    assert target.url == f"wss://api.ibkr.com/v1/api/ws?oauth_token={ibkr.oauth.access_token}"
+    assert target.headers == ("User-Agent: brokerfeeds",)
+    assert target.cookie == f"api={SESSION_ID}"
+    assert SESSION_ID not in repr(target) and ibkr.oauth.access_token not in repr(session)
 
 
 # --------------------------------------------------------------------------- secrets
@@ -489,6 +492,13 @@ def test_ibind_handshake_and_calls_against_our_server(ibind_oauth: Any, ibkr: OA
     assert client.tickle().data["session"] == SESSION_ID
     assert client.get("iserver/account/orders", params={"force": "true"}).data["snapshot"] is True
     assert ibkr.oauth.refusals == [] and ibkr.oauth.accepted == 2
+    # The verifier really checks ibind's signatures: signed with another LST, refused.
+    from ibind.support.errors import ExternalBrokerError
+
+    client.live_session_token = base64.b64encode(secrets.token_bytes(20)).decode()
+    with pytest.raises(ExternalBrokerError, match="401"):
+        client.tickle()
+    assert ibkr.oauth.refusals == ["invalid signature"]
     client.close()
 
 

@@ -68,6 +68,7 @@ import attrs
 from ..errors import AuthenticationError, ProtocolError
 from ..redact import Redactor, RedactingLogger
 from ..rest import RestClient
+from ..transport import ConnectTarget
 from ..values import to_text
 
 try:
@@ -607,13 +608,16 @@ class OAuthSession:
     # ----------------------------------------------------------------- websocket
     def websocket_url(self) -> str:
         """The WebSocket URL with ``?oauth_token=<access token>`` (ibind ``_build_ws_url``,
-        IBKR's sample); the feed must also send :meth:`websocket_headers` and the cookie
-        ``api=<session from /tickle>``."""
+        IBKR's sample)."""
         return f"{self.credentials.ws_url}?oauth_token={quote(self.credentials.access_token, safe='')}"
 
-    def websocket_headers(self) -> Dict[str, str]:
-        """Headers of the WebSocket handshake (IBKR requires a User-Agent there too)."""
-        return {"User-Agent": self.user_agent}
+    def connect_target(self, session: str) -> ConnectTarget:
+        """How to open the WebSocket: :meth:`websocket_url`, a ``User-Agent`` header (IBKR
+        requires one there too; ibind sends ``ClientPortalGW/1``) and the cookie
+        ``api=<session>``, ``session`` being ``/tickle``'s, without the gateway's JSON
+        wrapper (ibind ``IbkrWsClient._get_cookie``, IBKR's sample)."""
+        return ConnectTarget(self.websocket_url(), headers=(f"User-Agent: {self.user_agent}",),
+                             cookie=f"api={session}")
 
     @property
     def secrets(self) -> Tuple[str, ...]:
