@@ -4,10 +4,12 @@ token handshake and request signing.
 With OAuth the Client Portal API is reached at ``https://api.ibkr.com/v1/api`` without a
 gateway. Every request carries an ``Authorization: OAuth ...`` header; the key that signs
 it is the *live session token* (LST), which the consumer negotiates with a Diffie-Hellman
-exchange. The byte-level details follow ibind (``ibind/oauth/oauth1a.py``, 0.2.x) and
-IBKR's own Python samples (IBKR Campus "OAuth 1.0a Extended",
-https://www.interactivebrokers.com/campus/ibkr-api-page/oauth-1-0a-extended/), so that
-what we send interoperates with what ibind sends:
+exchange. The byte-level details follow ibind (``ibind/oauth/oauth1a.py``, 0.2.x), IBKR
+Campus "OAuth 1.0a Extended"
+(https://www.interactivebrokers.com/campus/ibkr-api-page/oauth-1-0a-extended/) and the
+IBKR API team's Python OAuth demo scripts (copies in public repositories: a first-party
+"Simple test script", a "Slightly more complex implementation" and a ``WebAPIConsumer``
+class), so that what we send interoperates with what ibind sends:
 
 1. **Prepend.** The access token secret (base64) is decrypted with the consumer's private
    *encryption* key (RSA, PKCS#1 v1.5); its hex form is the "prepend".
@@ -37,9 +39,15 @@ query parameters out, as ibind does (it passes ``params`` to ``requests`` beside
 signed URL) and as IBKR's simple sample does for ``/iserver/marketdata/history``;
 ``"rfc5849"`` adds them to the sorted parameters (RFC 5849 §3.4.1.3, IBKR's text "a
 lexicographically sorted list of key/value pairs including the authorization header
-pairs, query parameters ...", and IBKR's ``WebAPIConsumer`` sample); ``"url"`` signs the
-full URL with its query, as IBKR's simple sample does for ``/iserver/auth/ssodh/init``.
-The simulator (:mod:`brokerfeeds.testing.ibkr_oauth`) checks any of the three.
+pairs, query parameters ...", and the ``WebAPIConsumer`` sample); ``"url"`` signs the
+full URL with its query, as the first-party test script does for
+``/iserver/auth/ssodh/init?publish=true&compete=true``. ibind users' calls with query
+parameters get past IBKR's OAuth check (Voyz/ibind#44: ``live_marketdata_snapshot``
+answered "no bridge", not 401), hence the default. The simulator
+(:mod:`brokerfeeds.testing.ibkr_oauth`) checks any one, or several, of the three.
+
+The LST lasts about 24 hours; it is renewed 10 minutes before it expires (the
+``WebAPIConsumer`` sample's margin).
 
 IBKR's errors are ``401`` with ``{"error": "id: 39687, error: invalid consumer",
 "statusCode": 401}`` (seen on the LST endpoint: nsirons/ibkr_web_client#4,
