@@ -505,7 +505,7 @@ def test_a_waiting_fill_is_delivered_after_trade_wait():
     assert (trade.trade_id, trade.order_id) == ("e1", None)
 
 
-# ----------------------------------------------------------------------------- reconciliation that waits for a real snapshot
+# ----------------------------------------------------------------------------- reconciliation: a real snapshot
 @pytest.mark.parametrize("sim", [
     {"orders_warmup": True, "sor_snapshot": False, "orders_need_account": True},
     {"orders_warmup": True, "sor_snapshot": False, "orders_need_account": True, "snapshot_flag": False},
