@@ -534,6 +534,18 @@ def test_login_hashes_the_password_and_never_leaks_it(sim):
         FirstockFeed.login(sim.user_id, "x", "1", "v", "k", rest_url="http://127.0.0.1:9/V1", timeout=2)
 
 
+def test_simulator_login_accepts_the_go_sdks_field_names(sim):
+    """The Go SDK's LoginRequest sends ``totp`` where the docs and the Python SDK send ``TOTP``."""
+    import requests
+
+    body = {"userId": sim.user_id, "password": hashlib.sha256(sim.password.encode()).hexdigest(),
+            "totp": sim.totp, "vendorCode": sim.vendor_code, "apiKey": sim.api_key}
+    reply = requests.post(sim.rest_url + "/login", json=body, timeout=5)
+    assert reply.status_code == 200 and reply.json()["data"]["susertoken"] == sim.jkey
+    reply = requests.post(sim.rest_url + "/login", json=dict(body, totp="000000"), timeout=5)
+    assert reply.status_code == 401
+
+
 def test_constructor_validates_and_does_no_io():
     with pytest.raises(ValueError):
         FirstockFeed("", "jkey")

@@ -25,7 +25,8 @@ Behaves as protocols/firstock.md describes:
 * ``subscribe``/``unsubscribe`` actions with ``|``-joined ``EXCH:TOKEN``; a full snapshot
   on subscribe, then deltas from :meth:`tick` / :meth:`ticks`: keyed by instrument on
   ``/V2/ws``, flat on ``/ws`` (V1). Prices in paise.
-* REST under ``/V1``: ``login`` (SHA-256 password), ``orderBook``, ``positionBook``, ``logout``.
+* REST under ``/V1``: ``login`` (SHA-256 password; ``TOTP`` or the Go SDK's ``totp``),
+  ``orderBook``, ``positionBook``, ``logout``.
 * Faults: everything :class:`SimulatorBase` offers (``drop``, ``stall``, ``close_all``,
   ``restart``, ``send_raw``) plus :meth:`unauthenticate` (mid-session, optionally rotating
   the jKey), :attr:`silent` (never answer auth), :meth:`send_before_auth` (garbage ahead
@@ -463,16 +464,19 @@ class FirstockSimulator(SimulatorBase):
 
     # ----------------------------------------------------------------- REST
     def _login(self, request: HttpRequest) -> Tuple[int, Any]:
-        body = request.json() or {}
+        raw = request.json() or {}
         with self.lock:
-            self.login_bodies.append(body)
+            self.login_bodies.append(raw)
+        # Field names are matched without regard to case: the docs and the Python SDK send
+        # "TOTP", the Go SDK's LoginRequest sends "totp" (Firstock/models.go).
+        body = {str(k).lower(): v for k, v in raw.items()} if isinstance(raw, dict) else {}
         for field in ("userId", "password", "TOTP", "vendorCode", "apiKey"):
-            if not body.get(field):
+            if not body.get(field.lower()):
                 return 400, {"status": "failed", "code": "400", "name": "MISSING_FIELD",
                              "error": {"field": field, "message": f"{field} is required"}}
         expected = hashlib.sha256(self.password.encode()).hexdigest()
-        if (body["userId"] != self.user_id or body["password"] != expected or body["TOTP"] != self.totp
-                or body["vendorCode"] != self.vendor_code or body["apiKey"] != self.api_key):
+        if (body["userid"] != self.user_id or body["password"] != expected or body["totp"] != self.totp
+                or body["vendorcode"] != self.vendor_code or body["apikey"] != self.api_key):
             return 401, {"status": "failed", "code": "401", "name": "INVALID_CREDENTIALS",
                          "error": {"field": "password", "message": "Invalid credentials"}}
         return 200, {"status": "success", "message": "Login successful",
