@@ -671,7 +671,7 @@ def test_protocol_asks_for_the_order_book_when_the_fill_state_is_not_in_the_fram
     assert out[1].filled_quantity == 0 and not _refreshes(out)  # not working yet: nothing filled
     out = _feed(p, _order_frame(status="OPEN"))
     assert out[1].status is OrderStatus.OPEN and _refreshes(out) == [Refresh("orders")]
-    out = _feed(p, _order_frame(status="OPEN"))  # a partial fill without fill fields looks like this
+    out = _feed(p, _order_frame(status="OPEN", tm="1745483399"))  # a fill without fill fields looks like this
     assert _refreshes(out) == [Refresh("orders")] and not [o for o in out if isinstance(o, (Order, Trade))]
     out = _feed(p, _order_frame(fillshares="4"))  # a quantity without its average
     assert _refreshes(out) and not [o for o in out if isinstance(o, Trade)]

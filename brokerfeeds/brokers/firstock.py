@@ -83,6 +83,8 @@ import urllib.parse
 from decimal import Decimal, InvalidOperation
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
+import attrs
+
 from ..errors import (
     AuthenticationError,
     ConnectionFailed,
@@ -504,6 +506,13 @@ class FirstockProtocol(Protocol):
             # OrderBookEntry); the engine coalesces these requests and spaces them out.
             self._book_wanted[order_id] = [word, 0]
             out.append(Refresh("orders"))
+            before = self.orders.get(order_id)
+            if before is not None and attrs.evolve(order, time=before.time) == before:
+                # Only its time is new: most likely a fill we cannot read. Reporting the old
+                # filled quantity again would be noise; the order book brings the news.
+                if self.orders.update_order(order) is not None:
+                    self._order_fields[order_id] = candidate
+                return out
         changed = self.orders.update_order(order)
         if changed is None:
             if self.orders.get(order_id) == order:
