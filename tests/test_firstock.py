@@ -693,16 +693,25 @@ def test_protocol_reads_a_lagging_order_book_a_bounded_number_of_times():
     out = _feed(p, _order_frame(status="COMPLETE"))
     assert out[1].status is OrderStatus.FILLED and out[1].avg_price is None and _refreshes(out)
     stale = [{"orderNumber": "7", "status": "OPEN", "quantity": "10", "fillShares": "4", "averagePrice": "10.00"}]
-    asked = 0
-    while _refreshes(p.merge_orders(stale, rest=True)):
-        asked += 1
-        assert asked < 10
-    assert asked == BOOK_RETRIES - 1
-    _feed(p, _order_frame(status="COMPLETE"))  # asks again
     fresh = [dict(stale[0], status="COMPLETE", fillShares="10", averagePrice="10.06")]
+    out = p.merge_orders(stale, rest=True)
+    assert _refreshes(out) and not [t for t in out if isinstance(t, Trade)]  # behind: read again
     out = p.merge_orders(fresh, rest=True)
     assert not _refreshes(out) and [(t.quantity, t.price) for t in out if isinstance(t, Trade)] == [
         (6, Decimal("10.1"))]
+
+    _feed(p, _order_frame(norenordno="9", fillshares="4", avgprc="10.00", flqty="4", flprc="10.00"))
+    _feed(p, _order_frame(norenordno="9", status="COMPLETE"))
+    outs = [p.merge_orders([dict(stale[0], orderNumber="9")], rest=True) for _ in range(BOOK_RETRIES)]
+    assert all(_refreshes(out) for out in outs[:-1]) and not _refreshes(outs[-1])  # bounded
+    trades = [t for out in outs for t in out if isinstance(t, Trade)]
+    assert [(t.quantity, t.price) for t in trades] == [(6, None)]  # given up on the price, not on the fill
+    # A book row with the quantity but not yet the price: read again; given up, the fill still counts.
+    row = {"orderNumber": "8", "status": "COMPLETE", "quantity": "3", "fillShares": "3", "averagePrice": "0.00"}
+    outs = [p.merge_orders([row], rest=True) for _ in range(BOOK_RETRIES)]
+    assert all(_refreshes(out) for out in outs[:-1]) and not _refreshes(outs[-1])
+    trades = [t for out in outs for t in out if isinstance(t, Trade)]
+    assert [(t.order_id, t.quantity, t.price) for t in trades] == [("8", 3, None)]
 
 
 def test_protocol_pnl_totals_are_unknown_when_a_row_lacks_them():

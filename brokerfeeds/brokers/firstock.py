@@ -48,10 +48,12 @@ Protocol notes (see the project's protocols/firstock.md for sources):
   :class:`Trade` derived from the increase of the filled quantity come from there,
   once. Reads are coalesced and spaced by ``order_refresh_interval``; an order book still
   behind the message (the order missing, OPEN after COMPLETE, COMPLETE without an
-  average) is read again, up to ``BOOK_RETRIES`` times. Updates before the order works at
-  the exchange (ORDER ACK, PENDING...) have nothing filled and cost no read. Two fills
-  between two reads of the book arrive as one :class:`Trade` (their total, at their
-  average price): the book has no per-fill rows.
+  average) is read again, up to ``BOOK_RETRIES`` times in all, after which a fill is
+  reported with what is known (a :class:`Trade` whose price may be None). An update that
+  changes nothing but its time (likely an unreadable fill) emits no :class:`Order`: the
+  read does. Updates before the order works at the exchange (ORDER ACK, PENDING...) have
+  nothing filled and cost no read. Two fills between two reads of the book arrive as one
+  :class:`Trade` (their total, at their average price): the book has no per-fill rows.
 * Positions: REST ``positionBook`` rows as the Go SDK's ``PositionBookData`` has them
   (``RealizedPNL``, ``totalMTM``, ``totalPNL``; no unrealized P&L, no last price); a
   figure that is not sent is None (unknown), never 0.
@@ -524,20 +526,30 @@ class FirstockProtocol(Protocol):
             self.fills.seed(order)  # filled before we started: history, not a new fill
             return out
         filled, avg = order.filled_quantity, order.avg_price
-        if filled is not None and filled > 0 and avg is None and self.can_refresh and not rest:
-            return out  # the fill's price comes with the order book refresh
+        if filled is not None and filled > 0 and avg is None and self.can_refresh:
+            if rest:  # a book row that knows the quantity but not yet the price: read again
+                self._book_wanted.setdefault(order_id, [order.status, 0])
+            if order_id in self._book_wanted:
+                return out  # the fill's price comes with the next order book read
+        trade = self._trade(order, raw)
+        return out + [trade] if trade is not None else out
+
+    def _trade(self, order: Order, raw: Any) -> Optional[Trade]:
+        """The fill shown by ``order``'s filled quantity increase, if any (price: the
+        message's own ``flprc`` when it is that whole fill, else from the averages)."""
         fill = self.fills.observe(order)
-        if fill is not None:
-            quantity, price = fill
-            fill_qty, fill_price = to_decimal(raw.get("flqty")), to_decimal(raw.get("flprc"))
-            if fill_price is not None and fill_qty == quantity:
-                price = fill_price
-            out.append(Trade(
-                broker=BROKER, account=order.account, trade_id=to_text(raw.get("flid")), order_id=order_id,
-                symbol=order.symbol, side=order.side, quantity=quantity, price=price,
-                time=_epoch_seconds(raw.get("fltm")) or order.time, exchange=order.exchange, raw=raw,
-            ))
-        return out
+        if fill is None:
+            return None
+        quantity, price = fill
+        raw = raw if isinstance(raw, dict) else {}
+        fill_qty, fill_price = to_decimal(raw.get("flqty")), to_decimal(raw.get("flprc"))
+        if fill_price is not None and fill_qty == quantity:
+            price = fill_price
+        return Trade(
+            broker=BROKER, account=order.account, trade_id=to_text(raw.get("flid")), order_id=order.order_id,
+            symbol=order.symbol, side=order.side, quantity=quantity, price=price,
+            time=_epoch_seconds(raw.get("fltm")) or order.time, exchange=order.exchange, raw=raw,
+        )
 
     def _still_wanted(self, rows: Iterable[Any]) -> List[Output]:
         """After an ``orderBook``: drop the orders it answered for; ask again (a bounded
@@ -552,6 +564,7 @@ class FirstockProtocol(Protocol):
             except Exception:  # noqa: BLE001, S112 - a row that cannot be read was reported above
                 continue
         again = False
+        out: List[Output] = []
         for order_id, wanted in list(self._book_wanted.items()):
             word, tries = wanted
             fields = listed.get(order_id)
@@ -564,9 +577,13 @@ class FirstockProtocol(Protocol):
             if behind and tries + 1 < BOOK_RETRIES:
                 wanted[1] = tries + 1
                 again = True
-            else:
-                del self._book_wanted[order_id]
-        return [Refresh("orders")] if again else []
+                continue
+            del self._book_wanted[order_id]
+            if known is not None:  # given up on a price: the fill still counts, at what is known
+                trade = self._trade(known, known.raw)
+                if trade is not None:
+                    out.append(trade)
+        return out + [Refresh("orders")] if again else out
 
     # ------------------------------------------------------------- positions and P&L
     def _on_position(self, raw: Dict[str, Any]) -> List[Output]:
