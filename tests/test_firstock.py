@@ -15,6 +15,7 @@ import pytest
 import websocket
 
 from brokerfeeds.brokers.firstock import (
+    BOOK_RETRIES,
     FirstockFeed,
     FirstockProtocol,
     map_status,
@@ -23,8 +24,8 @@ from brokerfeeds.brokers.firstock import (
     split_instruments,
 )
 from brokerfeeds.errors import AuthenticationError, ConnectionFailed, ProtocolError, SessionLimitError
-from brokerfeeds.events import Notice, OrderStatus, Quote, Side
-from brokerfeeds.protocol import Fatal, RawMessage, Ready, Reconnect, Send, Subscription
+from brokerfeeds.events import Notice, Order, OrderStatus, Quote, Side, Trade
+from brokerfeeds.protocol import Fatal, RawMessage, Ready, Reconnect, Refresh, Send, Subscription
 from brokerfeeds.testing.firstock import SENTINEL, FirstockSimulator
 from helpers import FAST_RECONNECT, Recorder, feed_threads, wait_until
 
@@ -210,6 +211,86 @@ def test_fill_without_fill_fields_is_completed_from_the_order_book(make_feed, si
     assert len(rec.of("trade")) == 1
 
 
+def settled(sim, rec):
+    """Every order book read asked for so far has been applied: a fill without fill fields
+    on a fresh order is only learnt through a later read, and reads run one after another."""
+    marker = sim.place_order("MARKER-EQ", "B", 1, 1.0, token="1")
+    sim.fill(marker, 1, 1.0, fill_fields=False)
+    rec.wait_for("trade", lambda t: t.order_id == marker)
+    return marker
+
+
+@pytest.mark.parametrize("fill_fields", [True, False], ids=["fill-fields", "no-fill-fields"])
+def test_every_partial_fill_yields_its_order_and_trade_exactly_once(make_feed, sim, fill_fields):
+    """With or without the Noren fill fields on the socket (unknown for the new socket),
+    each fill gives one Order with the right filled quantity and one Trade."""
+    sim.fill_fields = fill_fields
+    feed = make_feed()
+    rec = Recorder(feed)
+    feed.start()
+    reconciled(feed, sim)
+    order_id = sim.place_order("INFY-EQ", "B", 10, 101.0, token="1594")
+    rec.wait_for("order", lambda o: o.order_id == order_id and o.status is OrderStatus.OPEN)
+    mine = lambda item: item.order_id == order_id  # noqa: E731
+    for quantity, price, filled, avg in ((4, 100.0, 4, "100.00"), (4, 101.0, 8, "100.50"), (2, 100.5, 10, "100.50")):
+        sim.fill(order_id, quantity, price)
+        order = rec.wait_for("order", lambda o: mine(o) and o.filled_quantity == filled and o.avg_price is not None)[0]
+        assert order.avg_price == Decimal(avg) and order.remaining_quantity == 10 - filled
+        assert order.status is (OrderStatus.FILLED if filled == 10 else OrderStatus.PARTIALLY_FILLED)
+        trade = rec.wait_for("trade", lambda t: mine(t) and t.quantity == quantity)[-1]
+        assert trade.price == Decimal(str(price)) and trade.side is Side.BUY and trade.symbol == "INFY-EQ"
+        assert (trade.trade_id is not None) is fill_fields  # flid only comes with the fill fields
+    settled(sim, rec)
+    trades = [(t.quantity, t.price) for t in rec.of("trade") if mine(t)]
+    assert trades == [(4, Decimal("100")), (4, Decimal("101")), (2, Decimal("100.5"))]
+    partials = [o.filled_quantity for o in rec.of("order") if mine(o) and o.status is OrderStatus.PARTIALLY_FILLED]
+    assert partials == [4, 8]  # each partial fill's Order exactly once
+    statuses = [o.status for o in rec.of("order") if mine(o)]
+    assert statuses.index(OrderStatus.FILLED) == len(statuses) - (1 if fill_fields else 2)  # then the average
+
+
+@pytest.mark.parametrize("fill_fields", [True, False], ids=["fill-fields", "no-fill-fields"])
+def test_fills_before_a_cancel_are_all_reported(make_feed, sim, fill_fields):
+    sim.fill_fields = fill_fields
+    feed = make_feed()
+    rec = Recorder(feed)
+    feed.start()
+    reconciled(feed, sim)
+    order_id = sim.place_order("TCS-EQ", "S", 10, 4000.0, token="11536")
+    sim.fill(order_id, 4, 4000.0)
+    rec.wait_for("trade", lambda t: t.order_id == order_id)
+    sim.fill(order_id, 2, 4003.0)
+    sim.cancel(order_id)  # the second fill may reach us only with the cancel
+    done = rec.wait_for("order", lambda o: o.order_id == order_id and o.status is OrderStatus.CANCELLED
+                        and o.filled_quantity == 6)[0]
+    assert done.avg_price == Decimal("4001.00") and done.side is Side.SELL
+    settled(sim, rec)
+    assert [(t.quantity, t.price) for t in rec.of("trade") if t.order_id == order_id] == [
+        (4, Decimal("4000")), (2, Decimal("4003"))]
+
+
+def test_an_order_book_behind_the_socket_is_read_again(make_feed, sim):
+    sim.fill_fields = False
+    feed = make_feed()
+    rec = Recorder(feed)
+    feed.start()
+    reconciled(feed, sim)
+    order_id = sim.place_order("SBIN-EQ", "B", 5, 800.0, token="3045")
+    rec.wait_for("order", lambda o: o.order_id == order_id and o.status is OrderStatus.OPEN)
+    sim.freeze_order_book()  # REST still says OPEN, nothing filled
+    reads = lambda: sum(1 for _, path in list(sim.requests) if path.endswith("/orderBook"))  # noqa: E731
+    before = reads()
+    sim.fill(order_id, 5, 801.25)
+    done = rec.wait_for("order", lambda o: o.order_id == order_id and o.status is OrderStatus.FILLED)[0]
+    assert done.filled_quantity == 5 and done.avg_price is None  # COMPLETE, at a price not known yet
+    wait_until(lambda: reads() >= before + 2)  # the stale book was read, and read again
+    assert not rec.of("trade")
+    sim.thaw_order_book()
+    trade = rec.wait_for("trade")[0]
+    assert trade.quantity == 5 and trade.price == Decimal("801.25")
+    rec.wait_for("order", lambda o: o.order_id == order_id and o.avg_price == Decimal("801.25"))
+
+
 def test_reconnect_reconciles_orders_and_derives_missed_fills(make_feed, sim):
     feed = make_feed()
     rec = Recorder(feed)
@@ -230,18 +311,39 @@ def test_reconnect_reconciles_orders_and_derives_missed_fills(make_feed, sim):
     assert len([o for o in rec.of("order") if o.order_id == untouched]) == before  # no duplicate
 
 
-def test_poll_pnl_emits_pnl_from_position_book(make_feed, sim):
+@pytest.mark.parametrize("shape", ["go", "openalgo"])
+def test_poll_pnl_emits_pnl_from_position_book(make_feed, sim, shape):
+    """Go SDK rows (RealizedPNL, totalMTM, totalPNL; no unrealized figure): the unrealized
+    P&L is unknown (None), never 0. openalgo's rows (unrealizedMTOM, no totals): the daily
+    P&L is realized + unrealized."""
+    sim.position_shape = shape
     sim.set_position("RELIANCE-EQ", 10, 1395.00, token="2885", ltp=1400.00, rpnl=20.0, push=False)
     feed = make_feed(poll_pnl=0.1)
     rec = Recorder(feed)
     feed.start()
     assert feed.wait_connected(5)
     pnl = rec.wait_for("pnl")[0]
-    assert pnl.unrealized_pnl == Decimal("50.00") and pnl.realized_pnl == Decimal("20.00")
+    unrealized = None if shape == "go" else Decimal("50.00")
+    assert pnl.unrealized_pnl == unrealized and pnl.realized_pnl == Decimal("20.00")
     assert pnl.daily_pnl == Decimal("70.00") and pnl.account == sim.user_id
     sim.set_position("RELIANCE-EQ", 10, 1395.00, token="2885", ltp=1390.00, rpnl=20.0, push=False)
-    rec.wait_for("pnl", lambda p: p.unrealized_pnl == Decimal("-50.00"))
+    changed = rec.wait_for("pnl", lambda p: p.daily_pnl == Decimal("-30.00"))[0]
+    assert changed.unrealized_pnl == (None if shape == "go" else Decimal("-50.00"))
     assert len(rec.of("pnl")) == 2  # unchanged polls emit nothing
+
+
+@pytest.mark.parametrize("shape", ["go", "openalgo"])
+def test_position_book_rows_of_either_shape(make_feed, sim, shape):
+    sim.position_shape = shape
+    sim.set_position("RELIANCE-EQ", -5, 1395.00, token="2885", ltp=1390.00, rpnl=7.5, push=False)
+    feed = make_feed()
+    rec = Recorder(feed)
+    feed.start()
+    position = rec.wait_for("position")[0]
+    assert set(position.raw) >= ({"totalMTM", "totalPNL"} if shape == "go" else {"unrealizedMTOM"})
+    assert position.instrument == "NSE:2885" and position.quantity == -5
+    assert position.avg_price == Decimal("1395.00") and position.realized_pnl == Decimal("7.50")
+    assert position.unrealized_pnl == (None if shape == "go" else Decimal("25.00"))
 
 
 # ============================================================================ quotes
@@ -432,6 +534,18 @@ def test_login_hashes_the_password_and_never_leaks_it(sim):
         FirstockFeed.login(sim.user_id, "x", "1", "v", "k", rest_url="http://127.0.0.1:9/V1", timeout=2)
 
 
+def test_simulator_login_accepts_the_go_sdks_field_names(sim):
+    """The Go SDK's LoginRequest sends ``totp`` where the docs and the Python SDK send ``TOTP``."""
+    import requests
+
+    body = {"userId": sim.user_id, "password": hashlib.sha256(sim.password.encode()).hexdigest(),
+            "totp": sim.totp, "vendorCode": sim.vendor_code, "apiKey": sim.api_key}
+    reply = requests.post(sim.rest_url + "/login", json=body, timeout=5)
+    assert reply.status_code == 200 and reply.json()["data"]["susertoken"] == sim.jkey
+    reply = requests.post(sim.rest_url + "/login", json=dict(body, totp="000000"), timeout=5)
+    assert reply.status_code == 401
+
+
 def test_constructor_validates_and_does_no_io():
     with pytest.raises(ValueError):
         FirstockFeed("", "jkey")
@@ -537,3 +651,77 @@ def test_protocol_stale_rest_snapshot_does_not_regress_an_order():
     stale = {"orderNumber": "1", "status": "OPEN", "quantity": "5", "fillShares": "2", "averagePrice": "10.00"}
     assert p.merge_orders([stale], rest=True) == []
     assert p.orders.get("1").filled_quantity == 5
+
+
+def _order_frame(**fields):
+    frame = {"norenordno": "7", "status": "OPEN", "tsym": "X-EQ", "exch": "NSE", "trantype": "B", "qty": "10",
+             "prc": "10.00", "prctyp": "LMT", "tm": "1745483337"}
+    frame.update(fields)
+    return frame
+
+
+def _refreshes(out):
+    return [o for o in out if isinstance(o, Refresh)]
+
+
+def test_protocol_asks_for_the_order_book_when_the_fill_state_is_not_in_the_frame():
+    p = FirstockProtocol("AB1234", can_refresh=True)
+    p.authenticated = True
+    out = _feed(p, _order_frame(status="ORDER ACK"))
+    assert out[1].filled_quantity == 0 and not _refreshes(out)  # not working yet: nothing filled
+    out = _feed(p, _order_frame(status="OPEN"))
+    assert out[1].status is OrderStatus.OPEN and _refreshes(out) == [Refresh("orders")]
+    out = _feed(p, _order_frame(status="OPEN", tm="1745483399"))  # a fill without fill fields looks like this
+    assert _refreshes(out) == [Refresh("orders")] and not [o for o in out if isinstance(o, (Order, Trade))]
+    out = _feed(p, _order_frame(fillshares="4"))  # a quantity without its average
+    assert _refreshes(out) and not [o for o in out if isinstance(o, Trade)]
+    book = [{"orderNumber": "7", "status": "OPEN", "quantity": "10", "fillShares": "4", "averagePrice": "10.05"}]
+    out = p.merge_orders(book, rest=True)
+    order, trade = out
+    assert order.filled_quantity == 4 and order.status is OrderStatus.PARTIALLY_FILLED
+    assert (trade.quantity, trade.price) == (4, Decimal("10.05"))
+    assert p.merge_orders(book, rest=True) == []  # nothing new; and not asked again
+    out = _feed(p, _order_frame(fillshares="6", avgprc="10.10", flqty="2", flprc="10.20", flid="F9"))
+    assert not _refreshes(out) and out[-1].quantity == 2 and out[-1].trade_id == "F9"
+    assert FirstockProtocol("AB1234", can_refresh=False).merge_orders([_order_frame()]) != []  # REST off
+
+
+def test_protocol_reads_a_lagging_order_book_a_bounded_number_of_times():
+    p = FirstockProtocol("AB1234", can_refresh=True)
+    p.authenticated = True
+    _feed(p, _order_frame(fillshares="4", avgprc="10.00"))
+    out = _feed(p, _order_frame(status="COMPLETE"))
+    assert out[1].status is OrderStatus.FILLED and out[1].avg_price is None and _refreshes(out)
+    stale = [{"orderNumber": "7", "status": "OPEN", "quantity": "10", "fillShares": "4", "averagePrice": "10.00"}]
+    fresh = [dict(stale[0], status="COMPLETE", fillShares="10", averagePrice="10.06")]
+    out = p.merge_orders(stale, rest=True)
+    assert _refreshes(out) and not [t for t in out if isinstance(t, Trade)]  # behind: read again
+    out = p.merge_orders(fresh, rest=True)
+    assert not _refreshes(out) and [(t.quantity, t.price) for t in out if isinstance(t, Trade)] == [
+        (6, Decimal("10.1"))]
+
+    _feed(p, _order_frame(norenordno="9", fillshares="4", avgprc="10.00", flqty="4", flprc="10.00"))
+    _feed(p, _order_frame(norenordno="9", status="COMPLETE"))
+    outs = [p.merge_orders([dict(stale[0], orderNumber="9")], rest=True) for _ in range(BOOK_RETRIES)]
+    assert all(_refreshes(out) for out in outs[:-1]) and not _refreshes(outs[-1])  # bounded
+    trades = [t for out in outs for t in out if isinstance(t, Trade)]
+    assert [(t.quantity, t.price) for t in trades] == [(6, None)]  # given up on the price, not on the fill
+    # A book row with the quantity but not yet the price: read again; given up, the fill still counts.
+    row = {"orderNumber": "8", "status": "COMPLETE", "quantity": "3", "fillShares": "3", "averagePrice": "0.00"}
+    outs = [p.merge_orders([row], rest=True) for _ in range(BOOK_RETRIES)]
+    assert all(_refreshes(out) for out in outs[:-1]) and not _refreshes(outs[-1])
+    trades = [t for out in outs for t in out if isinstance(t, Trade)]
+    assert [(t.order_id, t.quantity, t.price) for t in trades] == [("8", 3, None)]
+
+
+def test_protocol_pnl_totals_are_unknown_when_a_row_lacks_them():
+    p = FirstockProtocol("AB1234")
+    go = {"RealizedPNL": "10.00", "totalMTM": "15.00", "totalPNL": "15.00", "netQuantity": "1"}
+    [pnl] = p.pnl_from_rest([go, dict(go, RealizedPNL="-2.50", totalPNL="1.00")])
+    assert (pnl.realized_pnl, pnl.unrealized_pnl, pnl.daily_pnl) == (Decimal("7.50"), None, Decimal("16.00"))
+    [pnl] = p.pnl_from_rest([go, {"netQuantity": "1"}])
+    assert (pnl.realized_pnl, pnl.unrealized_pnl, pnl.daily_pnl) == (None, None, None)
+    [pnl] = p.pnl_from_rest([{"RealizedPNL": "1.00", "unrealizedMTOM": "2.00"}])
+    assert (pnl.realized_pnl, pnl.unrealized_pnl, pnl.daily_pnl) == (Decimal(1), Decimal(2), Decimal(3))
+    [pnl] = p.pnl_from_rest([])
+    assert pnl.daily_pnl == 0 and pnl.unrealized_pnl == 0  # no positions at all today

@@ -36,9 +36,27 @@ Protocol notes (see the project's protocols/firstock.md for sources):
   ``ping_interval`` s; ``stale_after`` s without any frame (pongs included) reconnects.
 * After every (re)connect, REST ``orderBook`` and ``positionBook`` reconcile state (only
   what changed produces events); fills missed while disconnected become :class:`Trade`
-  events. The socket's order updates may lack fill fields: when an order reaches a final
-  status without them, ``orderBook`` is fetched again to learn the filled quantity and
-  average price. ``poll_pnl=seconds`` polls ``positionBook`` for account P&L.
+  events. ``poll_pnl=seconds`` polls ``positionBook`` for account P&L.
+* Fills. The Noren fill fields (``fillshares``, ``avgprc``, ``flqty``, ``flprc``, ``flid``,
+  ``fltm``) are documented for the old socket only; no independent source shows them on
+  this one (the docs' order samples are acknowledgements, and the Go SDK,
+  github.com/the-firstock/firstock-developer-sdk-golang ``Firstock/websocket_functions.go``,
+  decodes an order update as a flat ``map[string]string`` without naming any field). So
+  they are used when present, and an order update that does not say how much filled (and
+  at what average) asks the feed to read REST ``orderBook`` (``fillShares``,
+  ``averagePrice``: the Go SDK's ``OrderBookEntry``): the :class:`Order` and the
+  :class:`Trade` derived from the increase of the filled quantity come from there,
+  once. Reads are coalesced and spaced by ``order_refresh_interval``; an order book still
+  behind the message (the order missing, OPEN after COMPLETE, COMPLETE without an
+  average) is read again, up to ``BOOK_RETRIES`` times in all, after which a fill is
+  reported with what is known (a :class:`Trade` whose price may be None). An update that
+  changes nothing but its time (likely an unreadable fill) emits no :class:`Order`: the
+  read does. Updates before the order works at the exchange (ORDER ACK, PENDING...) have
+  nothing filled and cost no read. Two fills between two reads of the book arrive as one
+  :class:`Trade` (their total, at their average price): the book has no per-fill rows.
+* Positions: REST ``positionBook`` rows as the Go SDK's ``PositionBookData`` has them
+  (``RealizedPNL``, ``totalMTM``, ``totalPNL``; no unrealized P&L, no last price); a
+  figure that is not sent is None (unknown), never 0.
 
 Status mapping (Firstock → :class:`~brokerfeeds.events.OrderStatus`; spaces, ``_`` and
 ``-`` are ignored, case-insensitive):
@@ -66,6 +84,8 @@ import re
 import urllib.parse
 from decimal import Decimal, InvalidOperation
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+
+import attrs
 
 from ..errors import (
     AuthenticationError,
@@ -123,6 +143,9 @@ BROKER = "firstock"
 DEFAULT_URL = "wss://socket.firstock.in/V2/ws"
 DEFAULT_REST_URL = "https://api.firstock.in/V1"
 QUOTES = "quotes"
+#: How many ``orderBook`` reads one socket order message may cost while the book is still
+#: behind it (each spaced by ``order_refresh_interval``).
+BOOK_RETRIES = 5
 
 STATUS_MAP: Dict[str, OrderStatus] = status_table({
     "ORDERACK": OrderStatus.PENDING,
@@ -331,6 +354,9 @@ class FirstockProtocol(Protocol):
         self.pnl = ChangeTracker[PnL]()
         self.quotes = Snapshots(keep=keep_tick_value)
         self._order_fields: Dict[str, Dict[str, Any]] = {}
+        #: Orders whose socket message left the fill state unread: order id → [the message's
+        #: status, order book reads so far].
+        self._book_wanted: Dict[str, List[Any]] = {}
 
     def counters(self) -> Mapping[str, int]:
         return {"stale_order_updates": self.orders.refused}
@@ -431,6 +457,9 @@ class FirstockProtocol(Protocol):
 
         ``rest`` says the rows come from ``orderBook``; ``seed`` records the fills of orders
         not seen before as already known (the first snapshot after start: history, not new fills).
+        A socket message that does not say how much of its order filled asks for the order
+        book (:class:`Refresh`); so does an ``orderBook`` that is still behind such a message
+        (at most ``BOOK_RETRIES`` times per message).
         """
         out: List[Output] = []
         for row in rows:
@@ -444,48 +473,117 @@ class FirstockProtocol(Protocol):
                     if sent is not None and sent != "":
                         raise ProtocolError("order without a usable order number")
                     continue
-                out.extend(self._merge_order(str(order_id), fields, row, seed))
+                out.extend(self._merge_order(str(order_id), fields, row, seed, rest))
             except Exception as exc:  # noqa: BLE001 - one bad row must not cost its neighbours
                 out.append(skipped("Firstock order", row, exc))
+        if rest and self._book_wanted:
+            out.extend(self._still_wanted(rows))
         return out
 
-    def _merge_order(self, order_id: str, fields: Dict[str, Any], raw: Dict[str, Any], seed: bool) -> List[Output]:
-        known = order_id in self._order_fields
-        candidate = dict(self._order_fields.get(order_id, {}))
+    def _merge_order(self, order_id: str, fields: Dict[str, Any], raw: Dict[str, Any], seed: bool,
+                     rest: bool) -> List[Output]:
+        previous = self._order_fields.get(order_id)
+        known = previous is not None
+        candidate = dict(previous or {})
+        word = map_status(fields.get("status"), None, None)
+        unread = False  # the socket message does not say how much filled, or at what price
+        if not rest and fields.get("filled") is None:
+            if word is OrderStatus.PENDING and not candidate.get("filled"):
+                # Not working at the exchange yet (ORDER ACK, PENDING ...): nothing can have filled.
+                fields = dict(fields, filled=Decimal(0))
+            else:
+                unread = True
+        elif not rest and fields["filled"] > 0 and fields.get("avg_price") is None:
+            unread = True
         candidate.update({k: v for k, v in fields.items() if v is not None})
-        if fields.get("filled") is None and map_status(fields.get("status"), None, None) is OrderStatus.FILLED:
+        if fields.get("filled") is None and word is OrderStatus.FILLED and candidate.get("filled") != candidate.get(
+                "quantity"):
             # COMPLETE without fill fields: all of it filled, at an average we do not know yet.
             candidate["filled"] = candidate.get("quantity")
             candidate.pop("avg_price", None)
         order = _order_from(candidate, raw, self.user_id)
+        out: List[Output] = []
+        if unread and self.can_refresh:
+            # The fill state is in REST orderBook (fillShares, averagePrice: the Go SDK's
+            # OrderBookEntry); the engine coalesces these requests and spaces them out.
+            self._book_wanted[order_id] = [word, 0]
+            out.append(Refresh("orders"))
+            before = self.orders.get(order_id)
+            if before is not None and attrs.evolve(order, time=before.time) == before:
+                # Only its time is new: most likely a fill we cannot read. Reporting the old
+                # filled quantity again would be noise; the order book brings the news.
+                if self.orders.update_order(order) is not None:
+                    self._order_fields[order_id] = candidate
+                return out
         changed = self.orders.update_order(order)
         if changed is None:
             if self.orders.get(order_id) == order:
                 self._order_fields[order_id] = candidate
-            return []
+            return out
         self._order_fields[order_id] = candidate
-        out: List[Output] = [order]
-        filled, avg = order.filled_quantity, order.avg_price
-        fill_unknown = filled is None or (filled > 0 and avg is None)
-        if order.status.is_final and order.status is not OrderStatus.REJECTED and fill_unknown and self.can_refresh:
-            out.append(Refresh("orders"))  # the feed re-reads the order book to learn the fills
+        out.insert(0, order)
         if seed and not known:
             self.fills.seed(order)  # filled before we started: history, not a new fill
             return out
+        filled, avg = order.filled_quantity, order.avg_price
         if filled is not None and filled > 0 and avg is None and self.can_refresh:
-            return out  # the fill's price comes with the order book refresh
+            if rest:  # a book row that knows the quantity but not yet the price: read again
+                self._book_wanted.setdefault(order_id, [order.status, 0])
+            if order_id in self._book_wanted:
+                return out  # the fill's price comes with the next order book read
+        trade = self._trade(order, raw)
+        return out + [trade] if trade is not None else out
+
+    def _trade(self, order: Order, raw: Any) -> Optional[Trade]:
+        """The fill shown by ``order``'s filled quantity increase, if any (price: the
+        message's own ``flprc`` when it is that whole fill, else from the averages)."""
         fill = self.fills.observe(order)
-        if fill is not None:
-            quantity, price = fill
-            fill_qty, fill_price = to_decimal(raw.get("flqty")), to_decimal(raw.get("flprc"))
-            if fill_price is not None and fill_qty == quantity:
-                price = fill_price
-            out.append(Trade(
-                broker=BROKER, account=order.account, trade_id=to_text(raw.get("flid")), order_id=order_id,
-                symbol=order.symbol, side=order.side, quantity=quantity, price=price,
-                time=_epoch_seconds(raw.get("fltm")) or order.time, exchange=order.exchange, raw=raw,
-            ))
-        return out
+        if fill is None:
+            return None
+        quantity, price = fill
+        raw = raw if isinstance(raw, dict) else {}
+        fill_qty, fill_price = to_decimal(raw.get("flqty")), to_decimal(raw.get("flprc"))
+        if fill_price is not None and fill_qty == quantity:
+            price = fill_price
+        return Trade(
+            broker=BROKER, account=order.account, trade_id=to_text(raw.get("flid")), order_id=order.order_id,
+            symbol=order.symbol, side=order.side, quantity=quantity, price=price,
+            time=_epoch_seconds(raw.get("fltm")) or order.time, exchange=order.exchange, raw=raw,
+        )
+
+    def _still_wanted(self, rows: Iterable[Any]) -> List[Output]:
+        """After an ``orderBook``: drop the orders it answered for; ask again (a bounded
+        number of times) for those it is still behind on (no row, or a row older than the
+        socket message, e.g. OPEN after COMPLETE, or COMPLETE without an average price)."""
+        listed: Dict[str, Dict[str, Any]] = {}
+        for row in rows:
+            try:
+                order_id = to_text(first(row.get("orderNumber"), row.get("norenordno")))
+                if order_id in self._book_wanted:
+                    listed[order_id] = _rest_order_fields(row)
+            except Exception:  # noqa: BLE001, S112 - a row that cannot be read was reported above
+                continue
+        again = False
+        out: List[Output] = []
+        for order_id, wanted in list(self._book_wanted.items()):
+            word, tries = wanted
+            fields = listed.get(order_id)
+            known = self.orders.get(order_id)
+            filled = fields.get("filled") if fields is not None else None
+            behind = (fields is None or filled is None
+                      or (word.is_final and not map_status(fields.get("status"), None, None).is_final)
+                      or (filled > 0 and not fields.get("avg_price"))
+                      or (known is not None and known.filled_quantity is not None and filled < known.filled_quantity))
+            if behind and tries + 1 < BOOK_RETRIES:
+                wanted[1] = tries + 1
+                again = True
+                continue
+            del self._book_wanted[order_id]
+            if known is not None:  # given up on a price: the fill still counts, at what is known
+                trade = self._trade(known, known.raw)
+                if trade is not None:
+                    out.append(trade)
+        return out + [Refresh("orders")] if again else out
 
     # ------------------------------------------------------------- positions and P&L
     def _on_position(self, raw: Dict[str, Any]) -> List[Output]:
@@ -518,22 +616,26 @@ class FirstockProtocol(Protocol):
     @only_protocol_errors
     def positions_from(self, rows: Any, account: Optional[str] = None) -> List[Output]:
         """Position events for REST ``positionBook`` rows that changed (``account`` is
-        the default for rows without a ``userId``)."""
+        the default for rows without a ``userId``).
+
+        Rows as the Go SDK's ``PositionBookData`` has them (``netQuantity``,
+        ``netAveragePrice``, ``RealizedPNL``, ``totalMTM``, ``totalPNL``; no
+        ``unrealizedMTOM``, no ``lastTradedPrice``): ``unrealized_pnl`` is then None
+        (unknown), never 0; it is read when a row has ``unrealizedMTOM``.
+        """
         out: List[Output] = []
         for row in rows if isinstance(rows, list) else []:
             try:
                 if not isinstance(row, dict):
                     continue
+                realized, unrealized, _ = _row_pnl(row)
                 out.extend(self._position(
                     symbol=to_text(first(row.get("tradingSymbol"), row.get("token"))) or "",
                     exchange=to_text(row.get("exchange")), token=to_text(row.get("token")),
                     product=to_text(row.get("product")), account=to_text(first(row.get("userId"), account)),
                     quantity=to_decimal(first(row.get("netQuantity"), row.get("netqty"))),
                     avg=to_decimal(first(row.get("netAveragePrice"), row.get("netavgprc"))),
-                    realized=to_decimal(first(row.get("RealizedPNL"), row.get("realizedPNL"), row.get("rpnl"))),
-                    unrealized=to_decimal(first(row.get("unrealizedMTOM"), row.get("unrealizedMTM"),
-                                                row.get("unrealizedPNL"))),
-                    raw=row,
+                    realized=realized, unrealized=unrealized, raw=row,
                 ))
             except Exception as exc:  # noqa: BLE001 - one bad row must not cost its neighbours
                 out.append(skipped("Firstock position", row, exc))
@@ -552,22 +654,34 @@ class FirstockProtocol(Protocol):
 
     @only_protocol_errors
     def pnl_from_rest(self, rows: Any) -> List[Output]:
-        """An account :class:`PnL` from REST ``positionBook`` rows, if the totals changed."""
-        realized = unrealized = total = Decimal(0)
+        """An account :class:`PnL` from REST ``positionBook`` rows, if the totals changed.
+
+        Each total is the sum over the rows, or None when a row does not send it (a
+        figure Firstock did not give is unknown, never 0). The Go SDK's ``PositionBookData``
+        (github.com/the-firstock/firstock-developer-sdk-golang, ``Firstock/models.go``) has
+        ``RealizedPNL``, ``totalPNL`` and ``totalMTM`` and no unrealized figure, so there
+        ``unrealized_pnl`` is None; ``unrealizedMTOM`` (what openalgo's
+        ``broker/firstock/mapping/order_data.py`` reads) is used when present. ``daily_pnl``
+        is ``totalPNL`` (else ``totalMTM``), else realized + unrealized when both are known.
+        No rows at all (nothing traded today) is a P&L of 0.
+        """
+        realized: Optional[Decimal] = Decimal(0)
+        unrealized: Optional[Decimal] = Decimal(0)
+        total: Optional[Decimal] = Decimal(0)
         out: List[Output] = []
         for row in rows if isinstance(rows, list) else []:
             try:
                 if not isinstance(row, dict):
                     continue
-                r = to_decimal(first(row.get("RealizedPNL"), row.get("realizedPNL"), row.get("rpnl"))) or Decimal(0)
-                u = to_decimal(first(row.get("unrealizedMTOM"), row.get("unrealizedMTM"), row.get("unrealizedPNL")))
-                t = to_decimal(first(row.get("totalPNL"), row.get("totalMTM")))
+                r, u, t = _row_pnl(row)
             except Exception as exc:  # noqa: BLE001 - one bad row must not cost the others
                 out.append(skipped("Firstock position (P&L)", row, exc))
                 continue
-            realized += r
-            unrealized += u or Decimal(0)
-            total += t if t is not None else r + (u or Decimal(0))
+            if t is None and r is not None and u is not None:
+                t = r + u
+            realized = _plus(realized, r)
+            unrealized = _plus(unrealized, u)
+            total = _plus(total, t)
         pnl = PnL(broker=BROKER, account=self.user_id, daily_pnl=total, unrealized_pnl=unrealized,
                   realized_pnl=realized, raw=rows)
         return out + [pnl] if self.pnl.update(self.user_id, pnl) is not None else out
@@ -628,6 +742,26 @@ def quote_prices(quote: Quote) -> Dict[str, Optional[Decimal]]:
     return {name: paise(quote.fields.get(name)) for name in _PRICE_FIELDS}
 
 
+def _row_pnl(row: Dict[str, Any]) -> Tuple[Optional[Decimal], Optional[Decimal], Optional[Decimal]]:
+    """(realized, unrealized, total) of a ``positionBook`` row, each None when not sent."""
+    realized = to_decimal(first(row.get("RealizedPNL"), row.get("realizedPNL"), row.get("rpnl")))
+    unrealized = to_decimal(first(row.get("unrealizedMTOM"), row.get("unrealizedMTM"), row.get("unrealizedPNL")))
+    total = to_decimal(first(row.get("totalPNL"), row.get("totalMTM")))
+    return realized, unrealized, total
+
+
+def _plus(total: Optional[Decimal], value: Optional[Decimal]) -> Optional[Decimal]:
+    """A sum that stays unknown (None) once one of its terms is."""
+    return None if total is None or value is None else total + value
+
+
+def _average(value: Any, filled: Optional[Decimal]) -> Optional[Decimal]:
+    """The average fill price, or None when nothing filled or the price is missing or 0 (a
+    placeholder: nothing fills at 0)."""
+    price = to_decimal(value) if filled else None
+    return price if price else None
+
+
 def _stream_order_fields(raw: Dict[str, Any]) -> Dict[str, Any]:
     filled = to_decimal(raw.get("fillshares"))
     return {
@@ -641,7 +775,7 @@ def _stream_order_fields(raw: Dict[str, Any]) -> Dict[str, Any]:
         "order_type": to_text(raw.get("prctyp")),
         "status": to_text(raw.get("status")),
         "filled": filled,
-        "avg_price": to_decimal(raw.get("avgprc")) if filled else None,
+        "avg_price": _average(raw.get("avgprc"), filled),
         "time": _epoch_seconds(raw.get("tm")),
     }
 
@@ -659,7 +793,7 @@ def _rest_order_fields(row: Dict[str, Any]) -> Dict[str, Any]:
         "order_type": to_text(first(row.get("priceType"), row.get("prctyp"))),
         "status": to_text(row.get("status")),
         "filled": filled,
-        "avg_price": to_decimal(first(row.get("averagePrice"), row.get("avgprc"))) if filled else None,
+        "avg_price": _average(first(row.get("averagePrice"), row.get("avgprc")), filled),
     }
 
 

@@ -10,11 +10,23 @@ Behaves as protocols/firstock.md describes:
 * Server pings every ``ping_every`` s; a client whose pong is later than
   ``pong_deadline`` s is disconnected (``pongs`` and ``pong_timeouts`` count them).
 * Orders (``norenordno``) and positions (``brkname``) are pushed to every authenticated
-  client, as strings; fill fields are optional (``fill(..., fill_fields=False)``).
+  client, as strings (the Go SDK decodes an order update as ``map[string]string``), in
+  compact JSON (``{"status":"failed",...}``: the docs' samples, and what the SDKs' substring
+  checks expect). Whether fills carry the Noren fill fields (``fillshares``, ``avgprc``,
+  ``flqty``, ``flprc``, ``flid``, ``fltm``) on this socket is not known: ``fill_fields``
+  (default True; per call ``fill(..., fill_fields=False)``) chooses. REST ``orderBook``
+  always knows the fills (``fillShares``, ``averagePrice``); :meth:`freeze_order_book`
+  makes it lag behind the socket.
+* REST ``positionBook`` rows: ``position_shape="go"`` (default) as the Go SDK's
+  ``PositionBookData`` (github.com/the-firstock/firstock-developer-sdk-golang,
+  ``Firstock/models.go``): ``RealizedPNL``, ``totalMTM``, ``totalPNL``, no unrealized P&L,
+  no last price; ``position_shape="openalgo"`` as openalgo's Firstock mapping reads them
+  (``unrealizedMTOM``, ``lastTradedPrice``, no totals).
 * ``subscribe``/``unsubscribe`` actions with ``|``-joined ``EXCH:TOKEN``; a full snapshot
   on subscribe, then deltas from :meth:`tick` / :meth:`ticks`: keyed by instrument on
   ``/V2/ws``, flat on ``/ws`` (V1). Prices in paise.
-* REST under ``/V1``: ``login`` (SHA-256 password), ``orderBook``, ``positionBook``, ``logout``.
+* REST under ``/V1``: ``login`` (SHA-256 password; ``TOTP`` or the Go SDK's ``totp``),
+  ``orderBook``, ``positionBook``, ``logout``.
 * Faults: everything :class:`SimulatorBase` offers (``drop``, ``stall``, ``close_all``,
   ``restart``, ``send_raw``) plus :meth:`unauthenticate` (mid-session, optionally rotating
   the jKey), :attr:`silent` (never answer auth), :meth:`send_before_auth` (garbage ahead
@@ -86,11 +98,15 @@ class FirstockSimulator(SimulatorBase):
         pong_deadline: float = 10.0,
         max_sessions: int = 3,
         reject_style: str = "frame",
+        fill_fields: bool = True,
+        position_shape: str = "go",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         if reject_style not in ("frame", "http"):
             raise ValueError("reject_style must be 'frame' or 'http'")
+        if position_shape not in ("go", "openalgo"):
+            raise ValueError("position_shape must be 'go' or 'openalgo'")
         self.user_id = user_id
         self.jkey = jkey
         self.password = password
@@ -101,6 +117,9 @@ class FirstockSimulator(SimulatorBase):
         self.pong_deadline = pong_deadline
         self.max_sessions = max_sessions
         self.reject_style = reject_style
+        self.fill_fields = fill_fields
+        self.position_shape = position_shape
+        self._frozen_book: Optional[List[Dict[str, Any]]] = None  # fault: orderBook lags behind
         self.silent = False  # fault: accept the upgrade, never answer the authentication
         self._before_auth: List[Union[str, bytes]] = []  # fault: frames sent ahead of the answer
         self.session_limit_text = f"Maximum sessions limit ({max_sessions}) reached"
@@ -160,9 +179,10 @@ class FirstockSimulator(SimulatorBase):
             self._push_order(order, fill_fields=False)
         return order_id
 
-    def fill(self, order_id: str, quantity: float, price: float, fill_fields: bool = True) -> None:
+    def fill(self, order_id: str, quantity: float, price: float, fill_fields: Optional[bool] = None) -> None:
         """Fill ``quantity`` at ``price`` (OPEN while partial, COMPLETE when done). Without
-        ``fill_fields`` the socket message carries only the status (REST knows the fill)."""
+        ``fill_fields`` (default: the simulator's) the socket message carries only the
+        status (REST knows the fill)."""
         order = self.orders[order_id]
         before = Decimal(order["fillshares"])
         avg_before = Decimal(order["avgprc"])
@@ -176,13 +196,24 @@ class FirstockSimulator(SimulatorBase):
             status="COMPLETE" if done else "OPEN", reporttype="Fill" if done else "PartialFill",
             tm=str(int(time.time())),
         )
-        self._push_order(order, fill_fields=fill_fields)
+        self._push_order(order, fill_fields=self.fill_fields if fill_fields is None else fill_fields)
 
-    def cancel(self, order_id: str) -> None:
-        """Cancel a working order."""
+    def cancel(self, order_id: str, fill_fields: Optional[bool] = None) -> None:
+        """Cancel a working order (``fill_fields``: as for :meth:`fill`)."""
         order = self.orders[order_id]
         order.update(status="CANCELED", reporttype="Canceled", tm=str(int(time.time())))
-        self._push_order(order, fill_fields=True)
+        self._push_order(order, fill_fields=self.fill_fields if fill_fields is None else fill_fields)
+
+    def freeze_order_book(self) -> None:
+        """REST ``orderBook`` serves the orders as they are now until :meth:`thaw_order_book`
+        (a book that lags behind the socket)."""
+        with self.lock:
+            self._frozen_book = self._order_rows()
+
+    def thaw_order_book(self) -> None:
+        """REST ``orderBook`` is current again."""
+        with self.lock:
+            self._frozen_book = None
 
     def reject(self, order_id: str, reason: str = "RMS:Margin Exceeds") -> None:
         """Reject an order."""
@@ -215,13 +246,27 @@ class FirstockSimulator(SimulatorBase):
         self.positions[key] = message
         last = Decimal(str(ltp if ltp is not None else avg_price))
         unrealized = (last - Decimal(avg)) * qty
-        self.position_rows[key] = {
+        realized = Decimal(str(rpnl))
+        bought, sold = max(qty, Decimal(0)), max(-qty, Decimal(0))
+        row: Dict[str, Any] = {
             "userId": self.user_id, "tradingSymbol": symbol, "exchange": exchange, "token": token,
             "product": product, "netQuantity": f"{qty:f}", "netAveragePrice": avg,
-            "dayBuyQuantity": f"{max(qty, Decimal(0)):f}", "daySellQuantity": f"{max(-qty, Decimal(0)):f}",
-            "RealizedPNL": f"{rpnl:.2f}", "unrealizedMTOM": f"{unrealized:.2f}",
-            "totalPNL": f"{unrealized + Decimal(str(rpnl)):.2f}", "lastTradedPrice": f"{last:.2f}",
+            "dayBuyQuantity": f"{bought:f}", "daySellQuantity": f"{sold:f}",
+            "dayBuyAmount": f"{bought * Decimal(avg):.2f}", "dayBuyAveragePrice": avg if long_ else "0.00",
+            "daySellAveragePrice": "0.00" if long_ else avg, "RealizedPNL": f"{realized:.2f}",
         }
+        if self.position_shape == "go":
+            # Firstock/models.go PositionBookData. What totalMTM means beside totalPNL is not
+            # documented; for a position opened today (all this simulator has) both are the
+            # realized plus the unrealized P&L.
+            total = f"{unrealized + realized:.2f}"
+            row.update(lotSize="1", tickSize="0.05", uploadPrice="0.00", netUploadPrice="0.00",
+                       totalMTM=total, totalPNL=total)
+        else:
+            # openalgo broker/firstock/mapping/order_data.py map_position_data reads these.
+            row.update(daySellAmount=f"{sold * Decimal(avg):.2f}", unrealizedMTOM=f"{unrealized:.2f}",
+                       lastTradedPrice=f"{last:.2f}")
+        self.position_rows[key] = row
         if push:
             self._push(message)
 
@@ -394,9 +439,9 @@ class FirstockSimulator(SimulatorBase):
             frames = []
             for instrument, fields in ticks.items():
                 exchange, token = instrument.split(":")
-                frames.append(json.dumps({**fields, "c_exch_seg": exchange, "c_symbol": token}))
+                frames.append(_compact({**fields, "c_exch_seg": exchange, "c_symbol": token}))
             return frames
-        return [json.dumps(ticks)]
+        return [_compact(ticks)]
 
     def _push_order(self, order: Dict[str, Any], fill_fields: bool) -> None:
         hidden = () if fill_fields else ("fillshares", "avgprc", "flqty", "flprc", "flid", "fltm")
@@ -406,7 +451,7 @@ class FirstockSimulator(SimulatorBase):
         """Send to every authenticated client (nobody connected: the state still changed)."""
         if self._loop is None:
             return 0
-        data = json.dumps(message)
+        data = _compact(message)
 
         async def push() -> int:
             sent = 0
@@ -419,16 +464,19 @@ class FirstockSimulator(SimulatorBase):
 
     # ----------------------------------------------------------------- REST
     def _login(self, request: HttpRequest) -> Tuple[int, Any]:
-        body = request.json() or {}
+        raw = request.json() or {}
         with self.lock:
-            self.login_bodies.append(body)
+            self.login_bodies.append(raw)
+        # Field names are matched without regard to case: the docs and the Python SDK send
+        # "TOTP", the Go SDK's LoginRequest sends "totp" (Firstock/models.go).
+        body = {str(k).lower(): v for k, v in raw.items()} if isinstance(raw, dict) else {}
         for field in ("userId", "password", "TOTP", "vendorCode", "apiKey"):
-            if not body.get(field):
+            if not body.get(field.lower()):
                 return 400, {"status": "failed", "code": "400", "name": "MISSING_FIELD",
                              "error": {"field": field, "message": f"{field} is required"}}
         expected = hashlib.sha256(self.password.encode()).hexdigest()
-        if (body["userId"] != self.user_id or body["password"] != expected or body["TOTP"] != self.totp
-                or body["vendorCode"] != self.vendor_code or body["apiKey"] != self.api_key):
+        if (body["userid"] != self.user_id or body["password"] != expected or body["totp"] != self.totp
+                or body["vendorcode"] != self.vendor_code or body["apikey"] != self.api_key):
             return 401, {"status": "failed", "code": "401", "name": "INVALID_CREDENTIALS",
                          "error": {"field": "password", "message": "Invalid credentials"}}
         return 200, {"status": "success", "message": "Login successful",
@@ -442,17 +490,25 @@ class FirstockSimulator(SimulatorBase):
                          "error": {"field": "jKey", "message": "Invalid jKey"}}
         return None
 
-    def _order_book(self, request: HttpRequest) -> Tuple[int, Any]:
-        refused = self._authorised(request)
-        if refused:
-            return refused
-        rows = [{
+    def _order_rows(self) -> List[Dict[str, Any]]:
+        """The orders as REST ``orderBook`` rows (the Go SDK's ``OrderBookEntry``, plus
+        ``triggerPrice``, which openalgo reads)."""
+        return [{
             "userId": o["uid"], "orderNumber": o["norenordno"], "status": o["status"], "tradingSymbol": o["tsym"],
             "exchange": o["exch"], "token": o["token"], "transactionType": o["trantype"], "quantity": o["qty"],
             "price": o["prc"], "priceType": o["prctyp"], "product": o["pcode"], "retention": o["ret"],
             "triggerPrice": "0.00", "fillShares": o["fillshares"], "averagePrice": o["avgprc"],
-            "rejectReason": o["rejreason"].strip(), "orderTime": time.strftime("%H:%M:%S %d-%m-%Y"),
-        } for o in self.orders.values()]
+            "rejectReason": o["rejreason"].strip(), "remarks": o["remarks"], "lotSize": o["ls"],
+            "tickSize": o["ti"], "orderTime": time.strftime("%H:%M:%S %d-%m-%Y"),
+        } for o in list(self.orders.values())]
+
+    def _order_book(self, request: HttpRequest) -> Tuple[int, Any]:
+        refused = self._authorised(request)
+        if refused:
+            return refused
+        with self.lock:
+            frozen = self._frozen_book
+        rows = frozen if frozen is not None else self._order_rows()
         if not rows:
             return 200, {"status": "failed", "code": "404", "name": "NO_DATA",
                          "error": {"message": "No data available"}}
@@ -467,3 +523,8 @@ class FirstockSimulator(SimulatorBase):
             return 200, {"status": "failed", "code": "404", "name": "NO_DATA",
                          "error": {"message": "No data available"}}
         return 200, {"status": "success", "data": rows}
+
+
+def _compact(message: Any) -> str:
+    """JSON without spaces, as Firstock's server writes it (the docs' samples)."""
+    return json.dumps(message, separators=(",", ":"))
