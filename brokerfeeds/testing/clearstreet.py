@@ -24,9 +24,11 @@ monotonic sequence number you can use to detect gaps", and no official client re
 ``account_number``, which studio_sdk's ``Trade`` model declares Optional
 (``src/studio_sdk/types/shared/trade.py`` in github.com/clear-street/studio-sdk-python).
 A position's ``average_cost`` ("The average cost of the position", studio_sdk
-``types/shared/position.py``) is the quantity-weighted average price of the fills that
-opened it; fills that reduce it leave it unchanged, a fill through zero starts anew at
-its price.
+``types/shared/position.py``; cf. ``Order.average_price``, "Calculated average price of
+all fills on this order") is the quantity-weighted average price of the fills that
+opened it, across orders; fills that reduce it leave it unchanged and a fill through
+zero starts anew at its price (the usual average-cost method: how Clear Street treats
+reductions is not documented).
 
     with ClearStreetSimulator(accounts=("100000",)) as sim:
         feed = ClearStreetFeed(access_token=sim.token, url=sim.url, rest_url=sim.rest_url)
@@ -303,7 +305,8 @@ class ClearStreetSimulator(SimulatorBase):
         self._skip_live += count
 
     def reorder_next(self) -> None:
-        """Push the next published message *after* the one following it (out of order)."""
+        """Push the next published message *after* the one following it (out of order; per
+        connection it keeps the number it was given first)."""
         self._reorder = True
 
     def resend(self, account: Optional[str] = None, sequence: Optional[int] = None) -> None:
