@@ -24,16 +24,21 @@ monotonic sequence number you can use to detect gaps and validate ordering", and
 subscribe replays "all sequenced messages from the beginning of the day"; whether it
 counts per account or per connection is not stated, and no official client reads it
 (``studio_sdk``, PyPI ``clear-street-studio-sdk``, has no WebSocket code). The adapter is
-right under both, and learns which one the server uses on each connection:
+right under both, and learns which one the server uses:
 
 * per account, each account's messages are 1, 2, 3, ... per trading day, the same
   numbers in every replay; per connection, the connection's sequenced frames are 1, 2,
   3, ... whatever their account (A=1, B=2, A=3), a replay's frames included;
-* while only one account has had frames on a connection, both read the same. The first
-  frame of a second account (or of a new trading day) tells them apart: it continues
-  the connection's numbers (per connection) or starts its account's at 1 (per account;
-  a replay starts the account's day). Until then the connection's numbers must run on
-  without a hole, as both scopes require.
+* while only one account has had frames on a connection, both read the same, and its
+  numbers must run on without a hole, as both require. The first frame of a second
+  account (or of a new trading day) tells them apart: it starts its account's numbers
+  (per account: a replay starts the account's day) or continues the connection's (per
+  connection). Starting or continuing its account's numbering tells "per account" for
+  sure (per connection, that number was another account's frame). Continuing the
+  connection's tells "per connection" in a replay (read from the server's journal);
+  live, it may as well be a gap of the account's own numbering, so the feed reconnects
+  once (``stats.extra["scope_untold"]``) and the replay tells. The scope, once told, is
+  kept for the feed's run. Numbers count from 1 (from 0 once a 0 shows: not documented).
 
 Exactly once, in order. The adapter keeps a per-account *mark*: the position in the
 account's trading day (America/New_York) of the last message delivered. Per account that
@@ -43,7 +48,8 @@ frame of the account, as the replay starts the day). Then:
 * a frame at or below the mark is a duplicate (a replay after a reconnect), and so is a
   number the connection had already (a repeat/late frame on a live connection):
   dropped, counted in ``stats.extra``;
-* the frame right above the mark is delivered; during a replay it carries ``replayed=True``;
+* the frame right above the mark (or the day's first, without one) is delivered; during
+  a replay it carries ``replayed=True``;
 * a number skipped is a *gap*: :class:`GapDetected` goes to ``on_error``, nothing more of
   that account (per account) or of the connection (per connection, or not told yet: the
   lost frame may be any account's; ``expected`` and ``got`` are the connection's
@@ -59,8 +65,8 @@ while ``Order.account_id`` is required). It belongs to its order's account (lear
 the order's ``order-update``s), else to the connection's only account; per account,
 else to the one account whose numbering it continues (or, if several could, it is
 delivered without an account, and the number it took is no gap for the account that
-skips it). ``stats.extra`` counts ``scope_account`` / ``scope_connection`` (connections
-told apart) and ``unattributed``.
+skips it). ``stats.extra`` counts ``scope_account`` / ``scope_connection`` (the scope
+told) and ``unattributed``; ``feed.sequence_scope`` says which.
 
 Values that cannot be real never move a mark (one bogus frame must not silence an
 account: a mark dated 2286 would make every real event look old, for good once
@@ -222,6 +228,7 @@ _ACCOUNT, _CONNECTION = "account", "connection"  # the scopes a sequence may num
 _ORDER_KINDS = ("order-update", "trade-notice")  # sequenced frames whose data names an order
 _ORDER_ACCOUNTS_LIMIT = 200_000  # order ids remembered to attribute trades (far more than a day's)
 _NO_ACCOUNT = "(unattributed)"
+_UNTOLD = "untold"  # a live frame that fits a connection-wide numbering or a gap (see _learn_scope)
 _DAY_MS = 86_400_000.0
 _FIRST_MS, _LAST_MS = -62_135_596_800_000.0, 253_402_300_800_000.0  # 0001-01-01 .. 9999-12-31 (UTC)
 
@@ -327,13 +334,14 @@ def _notes_gap(notes: Sequence[Output]) -> bool:
 
 class _Run:
     """One account's sequenced frames on the current connection, in its current trading day:
-    the last sequence placed (None: none yet) and the last position given (see ``_on_sequenced``)."""
+    the last sequence placed (None: none yet) and the last position given (see ``_on_sequenced``;
+    positions count from the server's first number, like its sequences)."""
 
     __slots__ = ("seq", "key", "day")
 
-    def __init__(self, day: Optional[str]) -> None:
+    def __init__(self, day: Optional[str], first: int) -> None:
         self.seq: Optional[int] = None
-        self.key = 0
+        self.key = first - 1
         self.day = day
 
 
@@ -381,13 +389,14 @@ class ClearStreetProtocol(Protocol):
         #: The sequence scope the server showed last: "account", "connection", or None (not told yet).
         self.sequence_scope: Optional[str] = None
         self._order_accounts: "OrderedDict[str, str]" = OrderedDict()  # order id -> account, to attribute trades
+        self._first = 1  # the first number of a day (or of a connection's numbering)
         self._order_versions: Dict[str, Any] = {}
         self._trade_ids = SeenIds()
         self._pnl = ChangeTracker[PnL]()
         self._counters: Dict[str, int] = {
             "duplicates": 0, "replayed": 0, "gaps": 0, "gap_held_back": 0, "day_resets": 0,
             "replay_timeouts": 0, "unattributed": 0, "implausible": 0, "marks_discarded": 0,
-            "scope_account": 0, "scope_connection": 0,
+            "scope_account": 0, "scope_connection": 0, "scope_untold": 0,
         }
         if marks:
             self.restore_marks(marks)
@@ -448,7 +457,7 @@ class ClearStreetProtocol(Protocol):
         self._broken.clear()
         self._all_broken = False
         self._removed.clear()
-        self._scope = None
+        self._scope = self.sequence_scope  # the server's numbering does not change between connections
         self._conn_seq = None
         self._runs.clear()
         self._loose.clear()
@@ -674,7 +683,7 @@ class ClearStreetProtocol(Protocol):
 
     def _next_on_connection(self, acct: str) -> int:
         run = self._runs.get(acct)
-        return run.seq + 1 if run is not None and run.seq is not None else 1
+        return run.seq + 1 if run is not None and run.seq is not None else self._first
 
     def _on_sequenced(self, message: Dict[str, Any], payload: Dict[str, Any], kind: str, now: float) -> List[Output]:
         seq = message["sequence"]
@@ -685,6 +694,8 @@ class ClearStreetProtocol(Protocol):
                 seq = int(seq)
             except (TypeError, ValueError, OverflowError):
                 raise ProtocolError("sequence is not an integer", item_excerpt(message)) from None
+        if seq == 0:
+            self._first = 0  # the server counts from 0 (the docs do not say; 1 until a 0 shows)
         acct = self._account_of(payload, kind, seq)
         if self._all_broken:  # a gap on a connection-wide numbering: nothing more until the replay
             self._counters["gap_held_back"] += 1
@@ -701,7 +712,7 @@ class ClearStreetProtocol(Protocol):
         mark = self.marks.get(acct)
         mark_day = self.mark_days.get(acct)
         notes: List[Output] = []  # reports that go with the frame's event (rare)
-        stale = False
+        new_day = discard = stale = False
         if day is not None and day != mark_day:
             # The frame would set or change the account's trading day: only on a timestamp
             # the server's clock (its other frames) agrees with.
@@ -710,26 +721,32 @@ class ClearStreetProtocol(Protocol):
                 return [bad]
             if mark is not None and mark_day is not None:
                 if day > mark_day:  # a new trading day: the server's sequences restarted
-                    self._counters["day_resets"] += 1
-                    mark = None
-                    self._forget_day()
+                    new_day = True
                 elif self._after_server_today(mark_day, now):
-                    # A mark dated after the server's present (restored from a store that a
-                    # bogus frame wrote): the server's own frames of today win.
-                    self._counters["marks_discarded"] += 1
-                    notes.append(Report(ProtocolError(
-                        f"account {acct}: discarding mark {mark} of trading day {mark_day}, which lies after the "
-                        f"server's present (its frames are of {day}): it cannot have been real")))
-                    mark = None
-                    del self.marks[acct]
-                    self.mark_days.pop(acct, None)
-                    self._forget_day()
+                    discard = True
                 else:  # a frame of an earlier day than what was delivered: stale
                     stale = True
         run = self._runs.get(acct)
         if run is None or (day is not None and run.day is not None and day > run.day):
-            run = _Run(day)  # the account's first frame of this connection, or of a new day on it
-        scope = self._learn_scope(acct, seq, run)
+            run = _Run(day, self._first)  # the account's first frame of this connection, or of a new day
+        scope = self._learn_scope(acct, seq, run, replaying)
+        if scope == _UNTOLD:
+            return self._untold(acct, seq)
+        if new_day:
+            self._counters["day_resets"] += 1
+            mark = None
+            self._forget_day()
+        elif discard:
+            # A mark dated after the server's present (restored from a store that a bogus
+            # frame wrote): the server's own frames of today win.
+            self._counters["marks_discarded"] += 1
+            notes.append(Report(ProtocolError(
+                f"account {acct}: discarding mark {mark} of trading day {mark_day}, which lies after the "
+                f"server's present (its frames are of {day}): it cannot have been real")))
+            mark = None
+            del self.marks[acct]
+            self.mark_days.pop(acct, None)
+            self._forget_day()
         if scope == _ACCOUNT:
             if stale:
                 self._counters["duplicates"] += 1
@@ -755,6 +772,10 @@ class ClearStreetProtocol(Protocol):
         if mark is None:
             if key < 0 or key > self.max_sequence_jump:
                 return notes + [self._implausible_sequence(acct, key, 0, message)]
+            if key > self._first and not _notes_gap(notes):  # the day's first message(s) never came
+                held = self._gap(acct, self._first, key, scope != _ACCOUNT, notes)
+                if held is not None:
+                    return held
         else:
             if key <= mark:
                 self._counters["duplicates"] += 1
@@ -778,17 +799,24 @@ class ClearStreetProtocol(Protocol):
         self._loose.difference_update(missing)
         return True
 
-    def _learn_scope(self, acct: str, seq: int, run: "_Run") -> Optional[str]:
-        """The scope of this connection's sequences, learned from its first frame that fits
-        one scope and not the other (see the module docs)."""
+    def _learn_scope(self, acct: str, seq: int, run: "_Run", replaying: bool) -> Optional[str]:
+        """The scope of the server's sequences (module docs): learned from the first frame
+        that fits one scope and not the other, and kept for the run. A frame that starts or
+        continues its account's numbering but not the connection's tells "per account" for
+        sure (per connection, that number was another account's). One that continues the
+        connection's numbering but not its account's tells "per connection" only in a
+        replay (read from the server's journal); live, it may as well be a gap in the
+        account's numbering: ``_UNTOLD``."""
         if self._scope is not None or self._conn_seq is None:
             return self._scope
-        account_next = run.seq + 1 if run.seq is not None else 1  # a replay starts the account's day at 1
+        account_next = run.seq + 1 if run.seq is not None else self._first  # a replay starts the account's day
         connection_next = self._conn_seq + 1
         if account_next == connection_next:
             return None  # both scopes expect this number: nothing learned yet
         if seq == connection_next:
-            scope = _CONNECTION
+            if not replaying and self._counters["scope_untold"] < 2:
+                return _UNTOLD
+            scope = _CONNECTION  # (live, after two reconnects told nothing: the likelier reading)
         elif seq == account_next:
             scope = _ACCOUNT
         else:
@@ -797,27 +825,40 @@ class ClearStreetProtocol(Protocol):
         self._counters["scope_" + scope] += 1
         return scope
 
+    def _untold(self, acct: str, seq: int) -> List[Output]:
+        """A live frame that continues the connection's numbering but not its account's:
+        nothing more is delivered on this connection, whose replays will tell the scope."""
+        self._counters["scope_untold"] += 1
+        self._all_broken = True
+        return [Reconnect(f"account {acct}: sequence {seq} continues this connection's numbering, not the "
+                          "account's: reconnecting, the replay tells which the server uses", immediate=False)]
+
     def _connection_order(self, acct: str, seq: int, run: "_Run", scope: Optional[str], mark: Optional[int],
                           message: Dict[str, Any], notes: List[Output]) -> Optional[List[Output]]:
         """Place ``seq`` in this connection's order (a connection-wide scope, or one not yet
         told); what to return instead of delivering (a duplicate, a gap), or None."""
         previous = self._conn_seq
-        if previous is None:  # the connection's first sequenced frame: the account's mark judges it
+        if previous is None:  # the connection's first sequenced frame
             if mark is None and (seq < 0 or seq > self.max_sequence_jump):
                 return [self._implausible_sequence(acct, seq, 0, message)]
             if mark is not None and seq - mark > self.max_sequence_jump:
                 return [self._implausible_sequence(acct, seq, mark, message)]
+            if scope == _CONNECTION and seq != self._first:  # the connection's first numbers never came
+                held = self._gap(acct, self._first, seq, True, notes)
+                if held is not None:
+                    return held
+            # (Not told yet: the account's mark judges it, below.)
         else:
             expected = previous + 1
             if seq - previous > self.max_sequence_jump:
                 return [self._implausible_sequence(acct, seq, previous, message)]
             # Below what both scopes expect (or, once told, what this one expects): a repeat.
-            lowest = expected if scope == _CONNECTION else min(expected, run.seq + 1 if run.seq is not None else 1)
+            lowest = expected if scope == _CONNECTION else min(expected, self._first if run.seq is None else run.seq + 1)
             if seq < lowest:
                 self._counters["duplicates"] += 1
                 return []
             if seq != expected:
-                held = self._gap(acct, expected, seq, True, notes)
+                held = self._gap(acct, expected, seq, True, notes, accept=scope != _CONNECTION)
                 if held is not None:
                     return held
         self._conn_seq = seq
@@ -825,17 +866,18 @@ class ClearStreetProtocol(Protocol):
         self._runs[acct] = run
         return None
 
-    def _gap(self, acct: str, expected: int, got: int, wide: bool, notes: List[Output]) -> Optional[List[Output]]:
+    def _gap(self, acct: str, expected: int, got: int, wide: bool, notes: List[Output],
+             accept: bool = True) -> Optional[List[Output]]:
         """A gap: held back (the account's frames, or with ``wide`` the whole connection's,
         until the reconnect's replay delivers the missing ones) and a Reconnect. The same
-        hole a third time is in the server's journal: accepted (reported, added to ``notes``;
-        None returned), so it cannot cause a reconnect loop. (A connection-wide numbering
-        numbers each replay anew: no hole survives one, and none is accepted.)"""
+        hole a third time is in the server's journal: ``accept``-ed (reported, added to
+        ``notes``; None returned), so it cannot cause a reconnect loop. (A hole in a
+        connection-wide numbering is never the same twice: each replay is numbered anew.)"""
         self._counters["gaps"] += 1
         error = GapDetected(acct, expected, got)
         tries = self._gap_tries.get((acct, expected), 0)
-        if tries < 2 or self._scope == _CONNECTION:
-            if self._scope != _CONNECTION:
+        if tries < 2 or not accept:
+            if accept:
                 self._gap_tries[(acct, expected)] = tries + 1  # kept: replays show the same hole again
             if wide:
                 self._all_broken = True
@@ -858,7 +900,7 @@ class ClearStreetProtocol(Protocol):
                 self._counters["duplicates"] += 1
                 return []
             if seq > previous + 1:
-                held = self._gap(_NO_ACCOUNT, previous + 1, seq, True, notes)
+                held = self._gap(_NO_ACCOUNT, previous + 1, seq, True, notes, accept=False)
                 if held is not None:
                     return held
             self._conn_seq = seq
@@ -1114,9 +1156,9 @@ class ClearStreetFeed(Feed[ClearStreetProtocol]):
 
     @property
     def sequence_scope(self) -> Optional[str]:
-        """What the server's ``sequence`` numbered, as learned on the last connection where
-        it showed: ``"account"``, ``"connection"``, or None (not told yet: a single account
-        reads the same either way). See the module docs."""
+        """What the server's ``sequence`` numbers, as learned in this run: ``"account"``,
+        ``"connection"``, or None (not told yet: a single account reads the same either
+        way). See the module docs."""
         return self._query(lambda protocol: protocol.sequence_scope, None)
 
     @property
@@ -1156,7 +1198,9 @@ class ClearStreetFeed(Feed[ClearStreetProtocol]):
             scratch.restore_marks(stored)
             self._marks = scratch.export_marks()
         self._saved_marks = {k: dict(v) for k, v in self._marks.items()}
-        return ClearStreetProtocol(self.replay_timeout, marks=self._marks)
+        protocol = ClearStreetProtocol(self.replay_timeout, marks=self._marks)
+        protocol.sequence_scope = self._query(lambda old: old.sequence_scope, None)  # what the server showed
+        return protocol
 
     def _credentials_refused(self) -> None:
         """The server refused the last token: a cached one must not be reused."""
