@@ -62,11 +62,15 @@ frame of the account, as the replay starts the day). Then:
 A ``trade-notice`` may come without ``account_id`` (studio_sdk ``Trade.account_id`` is
 Optional: ``src/studio_sdk/types/shared/trade.py`` in github.com/clear-street/studio-sdk-python,
 while ``Order.account_id`` is required). It belongs to its order's account (learned from
-the order's ``order-update``s), else to the connection's only account; per account,
-else to the one account whose numbering it continues (or, if several could, it is
-delivered without an account, and the number it took is no gap for the account that
-skips it). ``stats.extra`` counts ``scope_account`` / ``scope_connection`` (the scope
-told) and ``unattributed``; ``feed.sequence_scope`` says which.
+the order's ``order-update``s, which come first: an order is placed before it fills),
+else to the connection's only account. Never by its number: where numbers count per
+account, the account whose numbering it continues need not be its own when a frame was
+lost. A trade of an order never seen, on a connection of several accounts, most likely
+lost its order's ``order-update``: per connection it is delivered without an account (in
+the connection's order); otherwise the feed reconnects (the replay attributes it), and
+the same frame a third time is delivered without an account, its number no gap for the
+account that skips it. ``stats.extra`` counts ``scope_account`` / ``scope_connection``
+(the scope told) and ``unattributed``; ``feed.sequence_scope`` says which.
 
 Values that cannot be real never move a mark (one bogus frame must not silence an
 account: a mark dated 2286 would make every real event look old, for good once
@@ -643,11 +647,10 @@ class ClearStreetProtocol(Protocol):
             self._pending.remove(acct)
 
     # ------------------------------------------------------------- sequenced messages
-    def _account_of(self, payload: Dict[str, Any], kind: str, seq: int) -> Optional[str]:
+    def _account_of(self, payload: Dict[str, Any], kind: str) -> Optional[str]:
         """The account a sequenced frame belongs to: its ``account_id``; else (a ``trade-notice``
         may lack it: studio_sdk ``Trade.account_id`` is Optional) the account of its order;
-        else the only account of this connection; else the one account whose sequence it
-        continues (only where sequences are per account)."""
+        else the only account of this connection."""
         data = payload.get("data")
         if not isinstance(data, dict):
             data = {}
@@ -663,27 +666,9 @@ class ClearStreetProtocol(Protocol):
             acct = self._order_accounts.get(order_id)
             if acct is not None:
                 return acct
-        if len(self.accounts) == 1:
-            return self.accounts[0]
-        return self._account_by_sequence(seq)
-
-    def _account_by_sequence(self, seq: int) -> Optional[str]:
-        """The one account on this connection whose own numbering ``seq`` continues, if the
-        sequences are per account (or not told apart yet, and one account had frames)."""
-        if self._scope == _CONNECTION:
-            return None  # a connection's number says nothing about the account
-        if self._scope == _ACCOUNT:
-            fits = [a for a in self.accounts if a not in self._removed and self._next_on_connection(a) == seq]
-        elif self._conn_seq is not None and seq == self._conn_seq + 1:
-            active = [a for a, run in self._runs.items() if run.seq is not None]
-            fits = active if len(active) == 1 else []
-        else:
-            fits = []
-        return fits[0] if len(fits) == 1 else None
-
-    def _next_on_connection(self, acct: str) -> int:
-        run = self._runs.get(acct)
-        return run.seq + 1 if run is not None and run.seq is not None else self._first
+        # (Not by its number: where numbers count per account, the one account it continues
+        # may not be its own when a frame was lost.)
+        return self.accounts[0] if len(self.accounts) == 1 else None
 
     def _on_sequenced(self, message: Dict[str, Any], payload: Dict[str, Any], kind: str, now: float) -> List[Output]:
         seq = message["sequence"]
@@ -696,7 +681,7 @@ class ClearStreetProtocol(Protocol):
                 raise ProtocolError("sequence is not an integer", item_excerpt(message)) from None
         if seq == 0:
             self._first = 0  # the server counts from 0 (the docs do not say; 1 until a 0 shows)
-        acct = self._account_of(payload, kind, seq)
+        acct = self._account_of(payload, kind)
         if self._all_broken:  # a gap on a connection-wide numbering: nothing more until the replay
             self._counters["gap_held_back"] += 1
             return []
@@ -769,32 +754,27 @@ class ClearStreetProtocol(Protocol):
         if acct in self._removed:
             return []
         # The account's mark: the position of its last delivered message in its day.
-        if mark is None:
-            if key < 0 or key > self.max_sequence_jump:
-                return notes + [self._implausible_sequence(acct, key, 0, message)]
-            if key > self._first and not _notes_gap(notes):  # the day's first message(s) never came
-                held = self._gap(acct, self._first, key, scope != _ACCOUNT, notes)
-                if held is not None:
-                    return held
-        else:
-            if key <= mark:
-                self._counters["duplicates"] += 1
-                return []
-            if key > mark + 1 and not _notes_gap(notes) and not self._filled_by_loose(scope, mark, key):
-                if key - mark > self.max_sequence_jump:
-                    return [self._implausible_sequence(acct, key, mark, message)]
-                held = self._gap(acct, mark + 1, key, scope != _ACCOUNT, notes)
-                if held is not None:
-                    return held
+        if mark is None and (key < 0 or key > self.max_sequence_jump):
+            return notes + [self._implausible_sequence(acct, key, 0, message)]
+        if mark is not None and key <= mark:
+            self._counters["duplicates"] += 1
+            return []
+        last = mark if mark is not None else self._first - 1  # none yet: the day's first is due
+        if key > last + 1 and not _notes_gap(notes) and not self._filled_by_loose(scope, last, key):
+            if mark is not None and key - mark > self.max_sequence_jump:
+                return [self._implausible_sequence(acct, key, mark, message)]
+            held = self._gap(acct, last + 1, key, scope != _ACCOUNT, notes)
+            if held is not None:
+                return held
         self._advance(acct, key, day)
         return notes + self._deliver(message, payload, kind, replaying, acct)
 
-    def _filled_by_loose(self, scope: Optional[str], mark: int, key: int) -> bool:
-        """Whether the numbers between ``mark`` and ``key`` of a per-account numbering all
-        went to frames of no known account on this connection (then they were this
+    def _filled_by_loose(self, scope: Optional[str], last: int, key: int) -> bool:
+        """Whether the numbers between ``last`` and ``key`` of a per-account numbering (or one
+        not told yet) all went to frames of no known account on this connection (then they were this
         account's, already delivered: no gap). Each is used once."""
-        missing = range(mark + 1, key)
-        if scope != _ACCOUNT or len(missing) > len(self._loose) or not all(n in self._loose for n in missing):
+        missing = range(last + 1, key)
+        if scope == _CONNECTION or len(missing) > len(self._loose) or not all(n in self._loose for n in missing):
             return False
         self._loose.difference_update(missing)
         return True
@@ -810,6 +790,8 @@ class ClearStreetProtocol(Protocol):
         if self._scope is not None or self._conn_seq is None:
             return self._scope
         account_next = run.seq + 1 if run.seq is not None else self._first  # a replay starts the account's day
+        while account_next < seq and account_next in self._loose:
+            account_next += 1  # a number a frame of no known account took: this account's, maybe
         connection_next = self._conn_seq + 1
         if account_next == connection_next:
             return None  # both scopes expect this number: nothing learned yet
@@ -890,25 +872,41 @@ class ClearStreetProtocol(Protocol):
         return None
 
     def _unattributed(self, message: Dict[str, Any], payload: Dict[str, Any], kind: str, seq: int) -> List[Output]:
-        """A sequenced frame of no known account: delivered once (no mark can hold it); on a
-        connection-wide numbering it still takes its place in the connection's order."""
-        self._counters["unattributed"] += 1
+        """A sequenced frame of no known account on a connection of several (a trade of an
+        order whose ``order-update`` never came). Per connection it takes its place in the
+        connection's order and is delivered without an account. Otherwise its order's
+        ``order-update`` was lost, most likely: nothing more is delivered on this connection
+        and the feed reconnects, the replay attributes it. The same frame a third time is
+        delivered without an account, and its number is no gap for the account that skips
+        it (``_loose``)."""
         notes: List[Output] = []
         previous = self._conn_seq
-        if self._scope == _CONNECTION and previous is not None:  # (told only once a number was seen)
-            if seq <= previous:
+        if self._scope == _CONNECTION:
+            if previous is not None and seq <= previous:
                 self._counters["duplicates"] += 1
                 return []
-            if seq > previous + 1:
-                held = self._gap(_NO_ACCOUNT, previous + 1, seq, True, notes, accept=False)
+            expected = self._first if previous is None else previous + 1
+            if seq > expected:
+                held = self._gap(_NO_ACCOUNT, expected, seq, True, notes, accept=False)
                 if held is not None:
                     return held
             self._conn_seq = seq
-        elif self._scope is None and (previous is None or seq == previous + 1):
-            self._conn_seq = seq
-        elif self._scope == _ACCOUNT:
-            self._loose.add(seq)  # some account's number: not a gap when that account skips it
-        # Otherwise (a number that fits another account) it is left unplaced.
+        else:
+            data = payload.get("data")
+            ident = to_text(first(data.get("trade_id"), data.get("order_id"))) if isinstance(data, dict) else None
+            key = (f"{kind}:{ident or seq}", seq)
+            tries = self._gap_tries.get(key, 0)
+            if tries < 2:
+                self._gap_tries[key] = tries + 1
+                self._all_broken = True
+                self._counters["gap_held_back"] += 1
+                return [Report(ProtocolError(f"{kind} {ident or ''} of no known account (its order was never seen): "
+                                             "reconnecting, the replay tells whose it is", item_excerpt(message))),
+                        Reconnect(f"{kind} of no known account", immediate=False)]
+            if self._scope is None and seq == (self._first if previous is None else previous + 1):
+                self._conn_seq = seq
+            self._loose.add(seq)  # some account's own number: not a gap when that account skips it
+        self._counters["unattributed"] += 1
         return notes + self._deliver(message, payload, kind, replayed=False, account=None)
 
     def _forget_day(self) -> None:
