@@ -334,7 +334,8 @@ def test_unit_live_interleaving_untold_costs_one_reconnect_then_the_replay_tells
     # Per account, live interleaving tells at once: B's own 1 after A's 1.
     p = opened(accounts=(A, B))
     out = feed_frames(p, done, done, cs(1, A), cs(1, B), cs(2, A))
-    assert len([e for e in events_of(out) if isinstance(e, Order)]) == 3 and p.sequence_scope == "account" and p.counters()["scope_untold"] == 0
+    assert len([e for e in events_of(out) if isinstance(e, Order)]) == 3
+    assert p.sequence_scope == "account" and p.counters()["scope_untold"] == 0
 
 
 @scoped
@@ -1056,12 +1057,13 @@ def _interleave(sim: ClearStreetSimulator, rounds: int, accounts: Tuple[str, ...
 
 
 @scoped
+@pytest.mark.parametrize("without_account", [False, True], ids=["trades-with-account", "trades-without-account"])
 @pytest.mark.timeout(60)
-def test_multi_account_interleaved_exactly_once_across_reconnects_and_replays(scope):
+def test_multi_account_interleaved_exactly_once_across_reconnects_and_replays(scope, without_account):
     """Three accounts, interleaved activity, drops mid-stream: every journaled message of
     each account once, in order; no gap, so no reconnect but the drops'."""
     with ClearStreetSimulator(accounts=(A, B, C), hb_interval=None, sequence_scope=scope,
-                              trades_without_account=True) as sim:
+                              trades_without_account=without_account) as sim:
         _interleave(sim, 4)  # earlier today: replayed on the first subscribe
         feed = make_feed(sim)
         rec = Recorder(feed)
@@ -1089,7 +1091,7 @@ def test_multi_account_interleaved_exactly_once_across_reconnects_and_replays(sc
             assert feed.stats.extra["scope_" + scope] >= 1 and feed.stats.extra["scope_" + other] == 0
             assert feed.sequence_scope == scope
             assert {t.account for t in rec.of("trade")} == {A, B, C}
-            assert all(t.raw["payload"]["data"].get("account_id") is None for t in rec.of("trade"))
+            assert all(("account_id" not in t.raw["payload"]["data"]) == without_account for t in rec.of("trade"))
 
 
 @scoped

@@ -835,7 +835,8 @@ class ClearStreetProtocol(Protocol):
             if seq - previous > self.max_sequence_jump:
                 return [self._implausible_sequence(acct, seq, previous, message)]
             # Below what both scopes expect (or, once told, what this one expects): a repeat.
-            lowest = expected if scope == _CONNECTION else min(expected, self._first if run.seq is None else run.seq + 1)
+            account_next = self._first if run.seq is None else run.seq + 1
+            lowest = expected if scope == _CONNECTION else min(expected, account_next)
             if seq < lowest:
                 self._counters["duplicates"] += 1
                 return []
