@@ -18,19 +18,59 @@ Protocol notes (see the project's protocols/clearstreet.md for sources):
   callback; ``error-notice`` → ``on_error`` and a :class:`Notice`; anything else →
   ``on_message``.
 
-Exactly once, in order. The adapter keeps a per-account sequence *mark* (the highest
-sequence delivered, with its trading day in America/New_York):
+What ``sequence`` numbers is not documented. The Activity channel reference
+(https://docs.clearstreet.io/studio/reference/orders-websocket) says only that it is "a
+monotonic sequence number you can use to detect gaps and validate ordering", and that a
+subscribe replays "all sequenced messages from the beginning of the day"; whether it
+counts per account or per connection is not stated, and no official client reads it
+(``studio_sdk``, PyPI ``clear-street-studio-sdk``, has no WebSocket code). The adapter is
+right under both, and learns which one the server uses:
 
-* a frame at or below the mark is a duplicate (a replay after a reconnect, or a
-  repeat/late frame on a live connection): dropped, counted in ``stats.extra``;
-* a frame above the mark is delivered; during a replay it carries ``replayed=True``;
-* a frame more than one above the mark is a *gap*: :class:`GapDetected` goes to
-  ``on_error``, nothing of that account is delivered further on this connection, and
-  the feed reconnects; the replay then delivers the missing frames in order. (A gap
-  that survives two replays is accepted, so a hole in the server's journal cannot
-  cause a reconnect loop.)
-* a frame of a later trading day than the mark (sequences restart at 1 each day)
+* per account, each account's messages are 1, 2, 3, ... per trading day, the same
+  numbers in every replay; per connection, the connection's sequenced frames are 1, 2,
+  3, ... whatever their account (A=1, B=2, A=3), a replay's frames included;
+* while only one account has had frames on a connection, both read the same, and its
+  numbers must run on without a hole, as both require. The first frame of a second
+  account (or of a new trading day) tells them apart: it starts its account's numbers
+  (per account: a replay starts the account's day) or continues the connection's (per
+  connection). Starting or continuing its account's numbering tells "per account" for
+  sure (per connection, that number was another account's frame). Continuing the
+  connection's tells "per connection" in a replay (read from the server's journal);
+  live, it may as well be a gap of the account's own numbering, so the feed reconnects
+  once (``stats.extra["scope_untold"]``) and the replay tells. The scope, once told, is
+  kept for the feed's run. Numbers count from 1 (from 0 once a 0 shows: not documented).
+
+Exactly once, in order. The adapter keeps a per-account *mark*: the position in the
+account's trading day (America/New_York) of the last message delivered. Per account that
+position is the ``sequence``; per connection it is counted on the connection (its n-th
+frame of the account, as the replay starts the day). Then:
+
+* a frame at or below the mark is a duplicate (a replay after a reconnect), and so is a
+  number the connection had already (a repeat/late frame on a live connection):
+  dropped, counted in ``stats.extra``;
+* the frame right above the mark (or the day's first, without one) is delivered; during
+  a replay it carries ``replayed=True``;
+* a number skipped is a *gap*: :class:`GapDetected` goes to ``on_error``, nothing more of
+  that account (per account) or of the connection (per connection, or not told yet: the
+  lost frame may be any account's; ``expected`` and ``got`` are the connection's
+  numbers then) is delivered on this connection, and the feed reconnects; the replay
+  then delivers the missing frames in order. (A hole that survives two replays is in
+  the server's journal: accepted, so it cannot cause a reconnect loop.)
+* a frame of a later trading day than the mark (positions restart at 1 each day)
   resets the mark.
+
+A ``trade-notice`` may come without ``account_id`` (studio_sdk ``Trade.account_id`` is
+Optional: ``src/studio_sdk/types/shared/trade.py`` in github.com/clear-street/studio-sdk-python,
+while ``Order.account_id`` is required). It belongs to its order's account (learned from
+the order's ``order-update``s, which come first: an order is placed before it fills),
+else to the connection's only account. Never by its number: where numbers count per
+account, the account whose numbering it continues need not be its own when a frame was
+lost. A trade of an order never seen, on a connection of several accounts, most likely
+lost its order's ``order-update``: per connection it is delivered without an account (in
+the connection's order); otherwise the feed reconnects (the replay attributes it), and
+the same frame a third time is delivered without an account, its number no gap for the
+account that skips it. ``stats.extra`` counts ``scope_account`` / ``scope_connection``
+(the scope told) and ``unattributed``; ``feed.sequence_scope`` says which.
 
 Values that cannot be real never move a mark (one bogus frame must not silence an
 account: a mark dated 2286 would make every real event look old, for good once
@@ -83,7 +123,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from typing import (
     Any,
     Callable,
@@ -97,7 +137,10 @@ from typing import (
     Tuple,
     TypeVar,
     Union,
+    cast,
 )
+
+import attrs
 
 from ..auth import ClientCredentials as OAuth2ClientCredentials
 from ..auth import TokenSource
@@ -185,6 +228,11 @@ def _route_key(message: Dict[str, Any]) -> Optional[str]:
 
 
 _NEW_YORK = NEW_YORK
+_ACCOUNT, _CONNECTION = "account", "connection"  # the scopes a sequence may number (module docs)
+_ORDER_KINDS = ("order-update", "trade-notice")  # sequenced frames whose data names an order
+_ORDER_ACCOUNTS_LIMIT = 200_000  # order ids remembered to attribute trades (far more than a day's)
+_NO_ACCOUNT = "(unattributed)"
+_UNTOLD = "untold"  # a live frame that fits a connection-wide numbering or a gap (see _learn_scope)
 _DAY_MS = 86_400_000.0
 _FIRST_MS, _LAST_MS = -62_135_596_800_000.0, 253_402_300_800_000.0  # 0001-01-01 .. 9999-12-31 (UTC)
 
@@ -283,6 +331,24 @@ def pnl_from(account: str, body: Mapping[str, Any]) -> PnL:
     )
 
 
+def _notes_gap(notes: Sequence[Output]) -> bool:
+    """Whether ``notes`` reports a gap already (one accepted for this frame)."""
+    return any(isinstance(note, Report) and isinstance(note.error, GapDetected) for note in notes)
+
+
+class _Run:
+    """One account's sequenced frames on the current connection, in its current trading day:
+    the last sequence placed (None: none yet) and the last position given (see ``_on_sequenced``;
+    positions count from the server's first number, like its sequences)."""
+
+    __slots__ = ("seq", "key", "day")
+
+    def __init__(self, day: Optional[str], first: int) -> None:
+        self.seq: Optional[int] = None
+        self.key = first - 1
+        self.day = day
+
+
 class ClearStreetProtocol(Protocol):
     """Sans-I/O adapter for the activity channel (sequence marks, replay, acks).
 
@@ -311,7 +377,12 @@ class ClearStreetProtocol(Protocol):
         self._replaying: Dict[str, None] = {}  # accounts replaying, oldest first (ordered set)
         self._acked: Set[str] = set()
         self._broken: Set[str] = set()  # a gap was seen: ignore the account until reconnected
+        self._all_broken = False  # a gap in a connection-wide numbering: ignore every account until reconnected
         self._removed: Set[str] = set()  # unsubscribed while this connection lives
+        self._scope: Optional[str] = None  # the sequence scope this connection showed (module docs)
+        self._conn_seq: Optional[int] = None  # the last sequence placed in this connection's order
+        self._runs: Dict[str, _Run] = {}  # each account's frames on this connection
+        self._loose: Set[int] = set()  # per-account numbers of frames of no known account
         self._last_progress = 0.0
         self._clock: Deque[float] = deque(maxlen=7)  # server ms - monotonic ms, of recent frames
         self._dissent: Deque[float] = deque(maxlen=3)  # the same, of frames not believed, in a row
@@ -319,12 +390,17 @@ class ClearStreetProtocol(Protocol):
         self._auth_retried: Set[str] = set()
         self.failed: Set[str] = set()  # accounts stopped after repeated auth failures
         self._gap_tries: Dict[Tuple[str, int], int] = {}
+        #: The sequence scope the server showed last: "account", "connection", or None (not told yet).
+        self.sequence_scope: Optional[str] = None
+        self._order_accounts: "OrderedDict[str, str]" = OrderedDict()  # order id -> account, to attribute trades
+        self._first = 1  # the first number of a day (or of a connection's numbering)
         self._order_versions: Dict[str, Any] = {}
         self._trade_ids = SeenIds()
         self._pnl = ChangeTracker[PnL]()
         self._counters: Dict[str, int] = {
             "duplicates": 0, "replayed": 0, "gaps": 0, "gap_held_back": 0, "day_resets": 0,
             "replay_timeouts": 0, "unattributed": 0, "implausible": 0, "marks_discarded": 0,
+            "scope_account": 0, "scope_connection": 0, "scope_untold": 0,
         }
         if marks:
             self.restore_marks(marks)
@@ -383,7 +459,12 @@ class ClearStreetProtocol(Protocol):
         self._replaying.clear()
         self._acked.clear()
         self._broken.clear()
+        self._all_broken = False
         self._removed.clear()
+        self._scope = self.sequence_scope  # the server's numbering does not change between connections
+        self._conn_seq = None
+        self._runs.clear()
+        self._loose.clear()
         self._last_progress = now
         self._clock.clear()
         self._dissent.clear()
@@ -566,12 +647,28 @@ class ClearStreetProtocol(Protocol):
             self._pending.remove(acct)
 
     # ------------------------------------------------------------- sequenced messages
-    def _account_of(self, payload: Dict[str, Any]) -> Optional[str]:
+    def _account_of(self, payload: Dict[str, Any], kind: str) -> Optional[str]:
+        """The account a sequenced frame belongs to: its ``account_id``; else (a ``trade-notice``
+        may lack it: studio_sdk ``Trade.account_id`` is Optional) the account of its order;
+        else the only account of this connection."""
         data = payload.get("data")
-        acct = to_text(first(data.get("account_id") if isinstance(data, dict) else None, payload.get("account_id")))
-        if acct is None and len(self.accounts) == 1:
-            acct = self.accounts[0]
-        return acct
+        if not isinstance(data, dict):
+            data = {}
+        acct = to_text(first(data.get("account_id"), payload.get("account_id")))
+        order_id = to_text(data.get("order_id")) if kind in _ORDER_KINDS else None
+        if acct is not None:
+            if order_id is not None and order_id not in self._order_accounts:
+                self._order_accounts[order_id] = acct  # oldest forgotten first: orders live a day
+                if len(self._order_accounts) > _ORDER_ACCOUNTS_LIMIT:
+                    self._order_accounts.popitem(last=False)
+            return acct
+        if order_id is not None:
+            acct = self._order_accounts.get(order_id)
+            if acct is not None:
+                return acct
+        # (Not by its number: where numbers count per account, the one account it continues
+        # may not be its own when a frame was lost.)
+        return self.accounts[0] if len(self.accounts) == 1 else None
 
     def _on_sequenced(self, message: Dict[str, Any], payload: Dict[str, Any], kind: str, now: float) -> List[Output]:
         seq = message["sequence"]
@@ -582,13 +679,16 @@ class ClearStreetProtocol(Protocol):
                 seq = int(seq)
             except (TypeError, ValueError, OverflowError):
                 raise ProtocolError("sequence is not an integer", item_excerpt(message)) from None
-        acct = self._account_of(payload)
+        if seq == 0:
+            self._first = 0  # the server counts from 0 (the docs do not say; 1 until a 0 shows)
+        acct = self._account_of(payload, kind)
+        if self._all_broken:  # a gap on a connection-wide numbering: nothing more until the replay
+            self._counters["gap_held_back"] += 1
+            return []
         if acct is None:
-            self._counters["unattributed"] += 1
-            return self._deliver(message, payload, kind, replayed=False)
-        if acct in self._removed or acct in self._broken:
-            if acct in self._broken:
-                self._counters["gap_held_back"] += 1
+            return self._unattributed(message, payload, kind, seq)
+        if acct in self._broken:
+            self._counters["gap_held_back"] += 1
             return []
         replaying = acct in self._replaying
         if replaying:
@@ -596,7 +696,8 @@ class ClearStreetProtocol(Protocol):
         day = trading_day(message.get("timestamp"))
         mark = self.marks.get(acct)
         mark_day = self.mark_days.get(acct)
-        notes: Optional[List[Output]] = None  # reports that go with the frame's event (rare: built lazily)
+        notes: List[Output] = []  # reports that go with the frame's event (rare)
+        new_day = discard = stale = False
         if day is not None and day != mark_day:
             # The frame would set or change the account's trading day: only on a timestamp
             # the server's clock (its other frames) agrees with.
@@ -605,56 +706,215 @@ class ClearStreetProtocol(Protocol):
                 return [bad]
             if mark is not None and mark_day is not None:
                 if day > mark_day:  # a new trading day: the server's sequences restarted
-                    self._counters["day_resets"] += 1
-                    mark = None
-                    self._forget_day()
+                    new_day = True
                 elif self._after_server_today(mark_day, now):
-                    # A mark dated after the server's present (restored from a store that a
-                    # bogus frame wrote): the server's own frames of today win.
-                    self._counters["marks_discarded"] += 1
-                    notes = [Report(ProtocolError(
-                        f"account {acct}: discarding mark {mark} of trading day {mark_day}, which lies after the "
-                        f"server's present (its frames are of {day}): it cannot have been real"))]
-                    mark = None
-                    del self.marks[acct]
-                    self.mark_days.pop(acct, None)
-                    self._forget_day()
+                    discard = True
                 else:  # a frame of an earlier day than what was delivered: stale
-                    self._counters["duplicates"] += 1
-                    return []
-        if mark is None:
-            if seq < 0 or seq > self.max_sequence_jump:
-                return (notes or []) + [self._implausible_sequence(acct, seq, 0, message)]
-        else:
-            if seq <= mark:
+                    stale = True
+        run = self._runs.get(acct)
+        if run is None or (day is not None and run.day is not None and day > run.day):
+            run = _Run(day, self._first)  # the account's first frame of this connection, or of a new day
+        scope = self._learn_scope(acct, seq, run, replaying)
+        if scope == _UNTOLD:
+            return self._untold(acct, seq)
+        if new_day:
+            self._counters["day_resets"] += 1
+            mark = None
+            self._forget_day()
+        elif discard:
+            # A mark dated after the server's present (restored from a store that a bogus
+            # frame wrote): the server's own frames of today win.
+            self._counters["marks_discarded"] += 1
+            notes.append(Report(ProtocolError(
+                f"account {acct}: discarding mark {mark} of trading day {mark_day}, which lies after the "
+                f"server's present (its frames are of {day}): it cannot have been real")))
+            mark = None
+            del self.marks[acct]
+            self.mark_days.pop(acct, None)
+            self._forget_day()
+        if scope == _ACCOUNT:
+            if stale:
                 self._counters["duplicates"] += 1
                 return []
-            if seq > mark + 1:
-                if seq - mark > self.max_sequence_jump:
-                    return [self._implausible_sequence(acct, seq, mark, message)]
-                tries = self._gap_tries.get((acct, mark + 1), 0)
-                self._counters["gaps"] += 1
-                error = GapDetected(acct, mark + 1, seq)
-                if tries < 2:
-                    self._gap_tries[(acct, mark + 1)] = tries + 1
-                    self._broken.add(acct)
-                    self._counters["gap_held_back"] += 1
-                    return [Report(error), Reconnect(f"sequence gap on account {acct}", immediate=False)]
-                # The same hole survived two replays: it is in the server's journal. Accept it.
-                self._gap_tries.pop((acct, mark + 1), None)
-                out: List[Output] = [Report(error)]
-                self._advance(acct, seq, day)
-                out.extend(self._deliver(message, payload, kind, replaying))
-                return out
-        self._advance(acct, seq, day)
-        if notes is not None:
-            return notes + self._deliver(message, payload, kind, replaying)
-        return self._deliver(message, payload, kind, replaying)
+            key = seq
+            self._runs[acct] = run
+            if run.seq is None or seq > run.seq:
+                run.seq = seq
+        else:
+            # The connection's own order: the numbering of a connection-wide scope, and the
+            # same as the account's while only one account has had frames on it.
+            held = self._connection_order(acct, seq, run, scope, mark, message, notes)
+            if held is not None:
+                return held
+            if stale:
+                self._counters["duplicates"] += 1
+                return []
+            key = run.key + 1 if scope == _CONNECTION else seq
+            run.key = key
+        if acct in self._removed:
+            return []
+        # The account's mark: the position of its last delivered message in its day.
+        if mark is None and (key < 0 or key > self.max_sequence_jump):
+            return notes + [self._implausible_sequence(acct, key, 0, message)]
+        if mark is not None and key <= mark:
+            self._counters["duplicates"] += 1
+            return []
+        last = mark if mark is not None else self._first - 1  # none yet: the day's first is due
+        if key > last + 1 and not _notes_gap(notes) and not self._filled_by_loose(scope, last, key):
+            if mark is not None and key - mark > self.max_sequence_jump:
+                return [self._implausible_sequence(acct, key, mark, message)]
+            held = self._gap(acct, last + 1, key, scope != _ACCOUNT, notes)
+            if held is not None:
+                return held
+        self._advance(acct, key, day)
+        return notes + self._deliver(message, payload, kind, replaying, acct)
+
+    def _filled_by_loose(self, scope: Optional[str], last: int, key: int) -> bool:
+        """Whether the numbers between ``last`` and ``key`` of a per-account numbering (or one
+        not told yet) all went to frames of no known account on this connection (then they were this
+        account's, already delivered: no gap). Each is used once."""
+        missing = range(last + 1, key)
+        if scope == _CONNECTION or len(missing) > len(self._loose) or not all(n in self._loose for n in missing):
+            return False
+        self._loose.difference_update(missing)
+        return True
+
+    def _learn_scope(self, acct: str, seq: int, run: "_Run", replaying: bool) -> Optional[str]:
+        """The scope of the server's sequences (module docs): learned from the first frame
+        that fits one scope and not the other, and kept for the run. A frame that starts or
+        continues its account's numbering but not the connection's tells "per account" for
+        sure (per connection, that number was another account's). One that continues the
+        connection's numbering but not its account's tells "per connection" only in a
+        replay (read from the server's journal); live, it may as well be a gap in the
+        account's numbering: ``_UNTOLD``."""
+        if self._scope is not None or self._conn_seq is None:
+            return self._scope
+        account_next = run.seq + 1 if run.seq is not None else self._first  # a replay starts the account's day
+        while account_next < seq and account_next in self._loose:
+            account_next += 1  # a number a frame of no known account took: this account's, maybe
+        connection_next = self._conn_seq + 1
+        if account_next == connection_next:
+            return None  # both scopes expect this number: nothing learned yet
+        if seq == connection_next:
+            if not replaying and self._counters["scope_untold"] < 2:
+                return _UNTOLD
+            scope = _CONNECTION  # (live, after two reconnects told nothing: the likelier reading)
+        elif seq == account_next:
+            scope = _ACCOUNT
+        else:
+            return None
+        self._scope = self.sequence_scope = scope
+        self._counters["scope_" + scope] += 1
+        return scope
+
+    def _untold(self, acct: str, seq: int) -> List[Output]:
+        """A live frame that continues the connection's numbering but not its account's:
+        nothing more is delivered on this connection, whose replays will tell the scope."""
+        self._counters["scope_untold"] += 1
+        self._all_broken = True
+        return [Reconnect(f"account {acct}: sequence {seq} continues this connection's numbering, not the "
+                          "account's: reconnecting, the replay tells which the server uses", immediate=False)]
+
+    def _connection_order(self, acct: str, seq: int, run: "_Run", scope: Optional[str], mark: Optional[int],
+                          message: Dict[str, Any], notes: List[Output]) -> Optional[List[Output]]:
+        """Place ``seq`` in this connection's order (a connection-wide scope, or one not yet
+        told); what to return instead of delivering (a duplicate, a gap), or None."""
+        previous = self._conn_seq
+        if previous is None:  # the connection's first sequenced frame
+            if mark is None and (seq < 0 or seq > self.max_sequence_jump):
+                return [self._implausible_sequence(acct, seq, 0, message)]
+            if mark is not None and seq - mark > self.max_sequence_jump:
+                return [self._implausible_sequence(acct, seq, mark, message)]
+            if scope == _CONNECTION and seq != self._first:  # the connection's first numbers never came
+                held = self._gap(acct, self._first, seq, True, notes)
+                if held is not None:
+                    return held
+            # (Not told yet: the account's mark judges it, below.)
+        else:
+            expected = previous + 1
+            if seq - previous > self.max_sequence_jump:
+                return [self._implausible_sequence(acct, seq, previous, message)]
+            # Below what both scopes expect (or, once told, what this one expects): a repeat.
+            account_next = self._first if run.seq is None else run.seq + 1
+            lowest = expected if scope == _CONNECTION else min(expected, account_next)
+            if seq < lowest:
+                self._counters["duplicates"] += 1
+                return []
+            if seq != expected:
+                held = self._gap(acct, expected, seq, True, notes, accept=scope != _CONNECTION)
+                if held is not None:
+                    return held
+        self._conn_seq = seq
+        run.seq = seq
+        self._runs[acct] = run
+        return None
+
+    def _gap(self, acct: str, expected: int, got: int, wide: bool, notes: List[Output],
+             accept: bool = True) -> Optional[List[Output]]:
+        """A gap: held back (the account's frames, or with ``wide`` the whole connection's,
+        until the reconnect's replay delivers the missing ones) and a Reconnect. The same
+        hole a third time is in the server's journal: ``accept``-ed (reported, added to
+        ``notes``; None returned), so it cannot cause a reconnect loop. (A hole in a
+        connection-wide numbering is never the same twice: each replay is numbered anew.)"""
+        self._counters["gaps"] += 1
+        error = GapDetected(acct, expected, got)
+        tries = self._gap_tries.get((acct, expected), 0)
+        if tries < 2 or not accept:
+            if accept:
+                self._gap_tries[(acct, expected)] = tries + 1  # kept: replays show the same hole again
+            if wide:
+                self._all_broken = True
+            else:
+                self._broken.add(acct)
+            self._counters["gap_held_back"] += 1
+            where = "this connection's sequence" if wide else f"account {acct}"
+            return [Report(error), Reconnect(f"sequence gap on {where}", immediate=False)]
+        notes.append(Report(error))
+        return None
+
+    def _unattributed(self, message: Dict[str, Any], payload: Dict[str, Any], kind: str, seq: int) -> List[Output]:
+        """A sequenced frame of no known account on a connection of several (a trade of an
+        order whose ``order-update`` never came). Per connection it takes its place in the
+        connection's order and is delivered without an account. Otherwise its order's
+        ``order-update`` was lost, most likely: nothing more is delivered on this connection
+        and the feed reconnects, the replay attributes it. The same frame a third time is
+        delivered without an account, and its number is no gap for the account that skips
+        it (``_loose``)."""
+        notes: List[Output] = []
+        previous = self._conn_seq
+        if self._scope == _CONNECTION:
+            if previous is not None and seq <= previous:
+                self._counters["duplicates"] += 1
+                return []
+            expected = self._first if previous is None else previous + 1
+            if seq > expected:
+                held = self._gap(_NO_ACCOUNT, expected, seq, True, notes, accept=False)
+                if held is not None:
+                    return held
+            self._conn_seq = seq
+        else:
+            data = payload.get("data")
+            ident = to_text(first(data.get("trade_id"), data.get("order_id"))) if isinstance(data, dict) else None
+            key = (f"{kind}:{ident or seq}", seq)
+            tries = self._gap_tries.get(key, 0)
+            if tries < 2:
+                self._gap_tries[key] = tries + 1
+                self._all_broken = True
+                self._counters["gap_held_back"] += 1
+                return [Report(ProtocolError(f"{kind} {ident or ''} of no known account (its order was never seen): "
+                                             "reconnecting, the replay tells whose it is", item_excerpt(message))),
+                        Reconnect(f"{kind} of no known account", immediate=False)]
+            if self._scope is None and seq == (self._first if previous is None else previous + 1):
+                self._conn_seq = seq
+            self._loose.add(seq)  # some account's own number: not a gap when that account skips it
+        self._counters["unattributed"] += 1
+        return notes + self._deliver(message, payload, kind, replayed=False, account=None)
 
     def _forget_day(self) -> None:
         """A new trading day: sequences and versions restart (the secondary de-duplication too)."""
         self._order_versions.clear()
         self._trade_ids = SeenIds()
+        self._gap_tries.clear()
 
     def _implausible_sequence(self, acct: str, seq: int, mark: int, message: Dict[str, Any]) -> Report:
         self._counters["implausible"] += 1
@@ -667,7 +927,8 @@ class ClearStreetProtocol(Protocol):
         if day is not None or acct not in self.mark_days:
             self.mark_days[acct] = day
 
-    def _deliver(self, message: Dict[str, Any], payload: Dict[str, Any], kind: str, replayed: bool) -> List[Output]:
+    def _deliver(self, message: Dict[str, Any], payload: Dict[str, Any], kind: str, replayed: bool,
+                 account: Optional[str]) -> List[Output]:
         if replayed:
             self._counters["replayed"] += 1
         out: List[Output] = [RawMessage(message)]
@@ -684,6 +945,8 @@ class ClearStreetProtocol(Protocol):
                 out.append(skipped(f"Clear Street {kind}", data, exc))
                 return out
             if event is not None:
+                if account is not None and getattr(event, "account", account) is None:
+                    event = attrs.evolve(cast(Any, event), account=account)  # attributed by its order (see _account_of)
                 out.append(event)
         return out
 
@@ -808,7 +1071,9 @@ class ClearStreetFeed(Feed[ClearStreetProtocol]):
     restarted process does not re-deliver the trading day. A mark moves when the adapter
     accepts a frame, just before its callbacks run; to persist strictly after your own
     processing, save ``event.raw["sequence"]`` (every event keeps its whole frame in ``raw``)
-    and pass those marks back with ``marks=``.
+    and pass those marks back with ``marks=`` -- where sequences are per account
+    (``feed.sequence_scope == "account"``). Where they are per connection a frame's
+    ``sequence`` is no position in the account's day: persist ``feed.marks`` instead.
 
     ``poll_pnl`` (seconds) polls REST ``/accounts/{id}/pnl-summary`` for ``on_pnl`` (the
     channel has no P&L). The socket has no client heartbeat: WebSocket pings every
@@ -889,6 +1154,13 @@ class ClearStreetFeed(Feed[ClearStreetProtocol]):
         return self._unsubscribe(_ACTIVITY, str(account_id).strip())
 
     @property
+    def sequence_scope(self) -> Optional[str]:
+        """What the server's ``sequence`` numbers, as learned in this run: ``"account"``,
+        ``"connection"``, or None (not told yet: a single account reads the same either
+        way). See the module docs."""
+        return self._query(lambda protocol: protocol.sequence_scope, None)
+
+    @property
     def accounts(self) -> Tuple[str, ...]:
         """The accounts subscribed (what is re-sent after every reconnect)."""
         return tuple(s.key for s in self.subscriptions if s.kind == _ACTIVITY)
@@ -925,7 +1197,9 @@ class ClearStreetFeed(Feed[ClearStreetProtocol]):
             scratch.restore_marks(stored)
             self._marks = scratch.export_marks()
         self._saved_marks = {k: dict(v) for k, v in self._marks.items()}
-        return ClearStreetProtocol(self.replay_timeout, marks=self._marks)
+        protocol = ClearStreetProtocol(self.replay_timeout, marks=self._marks)
+        protocol.sequence_scope = self._query(lambda old: old.sequence_scope, None)  # what the server showed
+        return protocol
 
     def _credentials_refused(self) -> None:
         """The server refused the last token: a cached one must not be reused."""

@@ -3,11 +3,32 @@
 Behaves as protocols/clearstreet.md describes: the client must send one
 ``subscribe-activity`` per account (token in ``authorization``) within
 ``subscribe_deadline`` seconds; each subscribe is validated (token, account) and acked,
-then the account's journal for the day is replayed in sequence order and
-``replay-complete`` follows. Sequenced messages are journaled per account (sequence
-1, 2, 3, ... per account and trading day) and pushed live to subscribed connections.
-Heartbeats go out every ``hb_interval`` seconds. A connection lives as long as the
-tokens it subscribed with: when one expires, the server closes the socket.
+then the account's journal for the day is replayed in order and ``replay-complete``
+follows. Sequenced messages are journaled per account and pushed live to subscribed
+connections. Heartbeats go out every ``hb_interval`` seconds. A connection lives as long
+as the tokens it subscribed with: when one expires, the server closes the socket.
+
+What a frame's ``sequence`` numbers is not documented: Clear Street's Activity channel
+reference (https://docs.clearstreet.io/studio/reference/orders-websocket) says only "a
+monotonic sequence number you can use to detect gaps", and no official client reads it
+(``studio_sdk``, PyPI ``clear-street-studio-sdk``, has no WebSocket code). So
+``sequence_scope`` chooses:
+
+* ``"account"`` (default): each account's journal numbers its messages 1, 2, 3, ... per
+  trading day; a replay repeats the same numbers;
+* ``"connection"``: each connection numbers the sequenced frames it sends 1, 2, 3, ...
+  whatever their account (A=1, B=2, A=3), replays included (a replay's frames get the
+  connection's next numbers), and the numbering does not restart at a new trading day.
+
+``trades_without_account=True`` sends ``trade-notice`` data without ``account_id`` and
+``account_number``, which studio_sdk's ``Trade`` model declares Optional
+(``src/studio_sdk/types/shared/trade.py`` in github.com/clear-street/studio-sdk-python).
+A position's ``average_cost`` ("The average cost of the position", studio_sdk
+``types/shared/position.py``; cf. ``Order.average_price``, "Calculated average price of
+all fills on this order") is the quantity-weighted average price of the fills that
+opened it, across orders; fills that reduce it leave it unchanged and a fill through
+zero starts anew at its price (the usual average-cost method: how Clear Street treats
+reductions is not documented).
 
     with ClearStreetSimulator(accounts=("100000",)) as sim:
         feed = ClearStreetFeed(access_token=sim.token, url=sim.url, rest_url=sim.rest_url)
@@ -34,7 +55,7 @@ import json
 import secrets
 import time
 from decimal import Decimal
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 from ._server import Client, HttpRequest, SimulatorBase
 
@@ -43,6 +64,26 @@ __all__ = ["ClearStreetSimulator"]
 _ORDER_IDS = itertools.count(12_390_001)
 _TRADE_IDS = itertools.count(88_000_001)
 _DAY_MS = 86_400_000
+SEQUENCE_SCOPES = ("account", "connection")
+
+
+class _Entry(NamedTuple):
+    """One journaled message: its number in the account's day, and its frame."""
+
+    seq: int
+    kind: str
+    data: Dict[str, Any]
+    text: str  # the frame as sent when sequences are per account
+    stamp: int  # its timestamp (ms)
+    body: str  # its payload, as JSON
+
+    def numbered(self, sequence: int) -> str:
+        """The frame with ``sequence`` in place of the account's number."""
+        return _frame_text(self.stamp, sequence, self.body)
+
+
+def _frame_text(stamp: int, sequence: int, body: str) -> str:
+    return f'{{"timestamp":{stamp},"sequence":{sequence},"payload":{body}}}'
 
 
 class ClearStreetSimulator(SimulatorBase):
@@ -58,9 +99,17 @@ class ClearStreetSimulator(SimulatorBase):
         token_lifetime: float = 86_400.0,
         hb_interval: Optional[float] = 5.0,
         subscribe_deadline: float = 30.0,
+        sequence_scope: str = "account",
+        trades_without_account: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        if sequence_scope not in SEQUENCE_SCOPES:
+            raise ValueError(f"sequence_scope must be one of {SEQUENCE_SCOPES}, got {sequence_scope!r}")
+        #: What ``sequence`` numbers: "account" or "connection" (module docs).
+        self.sequence_scope = sequence_scope
+        #: Send ``trade-notice`` data without ``account_id`` / ``account_number``.
+        self.trades_without_account = trades_without_account
         self.accounts: Dict[str, str] = {str(a): f"ACC{i + 1:04d}" for i, a in enumerate(accounts)}
         self.client_id = client_id
         self.client_secret = client_secret
@@ -69,7 +118,7 @@ class ClearStreetSimulator(SimulatorBase):
         self.subscribe_deadline = subscribe_deadline
         self.tokens: Dict[str, float] = {}  # token -> monotonic expiry
         self.token = self.issue_token(lifetime=10 * 86_400.0)  # a long-lived token for tests
-        self.journals: Dict[str, List[Tuple[int, str, Dict[str, Any], str]]] = {a: [] for a in self.accounts}
+        self.journals: Dict[str, List[_Entry]] = {a: [] for a in self.accounts}
         self.day_offset = 0  # whole days added to every timestamp (rollover moves it)
         # Knobs / faults.
         self.ack_without_account = False  # acks like the older guide: no account_id
@@ -79,7 +128,7 @@ class ClearStreetSimulator(SimulatorBase):
         self.refused_accounts: Dict[str, str] = {}  # account -> details: every subscribe to it is refused
         self._skip_live = 0
         self._reorder = False
-        self._held: Optional[Tuple[str, str]] = None
+        self._held: List[Tuple[Client, str]] = []  # frames numbered, to be sent after the next one
         # What happened (for tests).
         self.subscribes: List[Tuple[str, str]] = []  # (account, token) of every subscribe received
         self.token_requests = 0
@@ -178,17 +227,22 @@ class ClearStreetSimulator(SimulatorBase):
         key = (account, order["symbol"])
         position = self.positions.get(key) or {"account_id": account, "account_number": self.accounts[account],
                                                "symbol": order["symbol"], "quantity": "0", "average_cost": 0.0}
-        pos_qty = Decimal(position["quantity"]) + sign * qty
+        held = Decimal(position["quantity"])
+        pos_qty = held + sign * qty
         order.update(filled_quantity=_s(filled), average_price=float(avg), version=order["version"] + 1,
                      status="filled" if filled >= total else "partially-filled",
                      state="closed" if filled >= total else "open", order_update_reason="execution-report",
                      running_position=_s(pos_qty), updated_at=self._now_ms())
         trade_id = str(next(_TRADE_IDS))
-        trade = {"trade_id": trade_id, "order_id": str(order_id), "account_id": account,
-                 "account_number": self.accounts[account], "symbol": order["symbol"], "side": order["side"],
-                 "quantity": _s(qty), "price": _s(Decimal(str(price))), "running_position": _s(pos_qty),
-                 "created_at": self._now_ms()}
-        position.update(quantity=_s(pos_qty), average_cost=float(price))
+        trade: Dict[str, Any] = {
+            "trade_id": trade_id, "order_id": str(order_id), "account_id": account,
+            "account_number": self.accounts[account], "symbol": order["symbol"], "side": order["side"],
+            "quantity": _s(qty), "price": _s(Decimal(str(price))), "running_position": _s(pos_qty),
+            "created_at": self._now_ms()}
+        if self.trades_without_account:
+            del trade["account_id"], trade["account_number"]
+        cost = _average_cost(held, Decimal(str(position["average_cost"])), sign * qty, Decimal(str(price)))
+        position.update(quantity=_s(pos_qty), average_cost=float(cost))
         self.positions[key] = position
         self.buying_power[account] -= float(sign * qty * Decimal(str(price)))
         self.publish(account, "order-update", dict(order))
@@ -235,8 +289,9 @@ class ClearStreetSimulator(SimulatorBase):
             self.pnl[account].update(values, timestamp=self._now_ms())
 
     def journal(self, account: Optional[str] = None) -> List[Tuple[int, str, Dict[str, Any]]]:
-        """``(sequence, type, data)`` of every message journaled today for ``account``."""
-        return [(seq, kind, data) for seq, kind, data, _ in self.journals.get(account or self.account, [])]
+        """``(number, type, data)`` of every message journaled today for ``account`` (the
+        number is its place in the account's day: its ``sequence`` if sequences are per account)."""
+        return [(e.seq, e.kind, e.data) for e in self.journals.get(account or self.account, [])]
 
     def subscribers(self, account: Optional[str] = None) -> int:
         """How many connections receive ``account``'s live messages."""
@@ -245,19 +300,29 @@ class ClearStreetSimulator(SimulatorBase):
 
     # faults ----------------------------------------------------------
     def gap(self, count: int = 1) -> None:
-        """The next ``count`` published messages are journaled but not pushed live."""
+        """The next ``count`` published messages are journaled but not pushed live (with a
+        per-connection ``sequence_scope`` they still take their connection numbers: lost)."""
         self._skip_live += count
 
     def reorder_next(self) -> None:
-        """Push the next published message *after* the one following it (out of order)."""
+        """Push the next published message *after* the one following it (out of order; per
+        connection it keeps the number it was given first)."""
         self._reorder = True
 
     def resend(self, account: Optional[str] = None, sequence: Optional[int] = None) -> None:
-        """Push a journaled message again (default: the last one): a duplicate / lower sequence."""
+        """Push a journaled message again (default: the last one; ``sequence`` is its number
+        in the account's journal) as each subscriber got it: a duplicate / lower sequence."""
         account = account or self.account
         entries = self.journals[account]
-        entry = entries[-1] if sequence is None else next(e for e in entries if e[0] == sequence)
-        self.call(self._push_live_async(account, entry[3]))
+        entry = entries[-1] if sequence is None else next(e for e in entries if e.seq == sequence)
+
+        async def again() -> None:
+            for client in self._subscribers_of(account):
+                text = client.info["sent"].get((account, entry.seq)) if self._per_connection else entry.text
+                if text is not None:
+                    client.info["queue"].put_nowait(text)
+
+        self.call(again())
 
     def rollover(self) -> None:
         """A new trading day: journals are emptied and sequences restart at 1 (dates move on a day)."""
@@ -299,17 +364,24 @@ class ClearStreetSimulator(SimulatorBase):
                sequence: Optional[int] = None) -> int:
         """Push one sequenced frame live to ``account``'s subscribers without journaling it
         (a bad frame from a faulty server: a replay never repeats it). ``sequence``
-        defaults to the account's next one, ``timestamp_ms`` to now, ``data`` to a new
-        order of 1 share. Returns the sequence used."""
+        defaults to the next one (the account's, or each connection's; not used up: the
+        next real message gets it too), ``timestamp_ms`` to now, ``data`` to a new order of
+        1 share. Returns the sequence used (for the last subscriber)."""
         account = account or self.account
         if data is None:
             data = self._order_data(account, str(next(_ORDER_IDS)), "BOGUS", "buy", 1, 1.0, "limit")
-        seq = len(self.journals.get(account, ())) + 1 if sequence is None else sequence
         stamp = self._now_ms() if timestamp_ms is None else timestamp_ms
-        text = json.dumps({"timestamp": stamp, "sequence": seq, "payload": {"type": kind, "data": data}},
-                          separators=(",", ":"))
-        self.call(self._push_live_async(account, text))
-        return seq
+        body = json.dumps({"type": kind, "data": data}, separators=(",", ":"))
+        used = [len(self.journals.get(account, ())) + 1 if sequence is None else sequence]
+
+        async def push() -> None:
+            for client in self._subscribers_of(account):
+                if sequence is None and self._per_connection:
+                    used[0] = client.info["seq"] + 1
+                client.info["queue"].put_nowait(_frame_text(stamp, used[0], body))
+
+        self.call(push())
+        return used[0]
 
     def send_far_future(self, account: Optional[str] = None, timestamp_ms: int = 9_999_999_999_999,
                         sequence: Optional[int] = None) -> int:
@@ -331,36 +403,49 @@ class ClearStreetSimulator(SimulatorBase):
                 "time_in_force": "day", "average_price": None, "running_position": "0",
                 "order_update_reason": "place", "created_at": now, "updated_at": now}
 
-    def _journal(self, account: str, kind: str, data: Dict[str, Any]) -> Tuple[int, str]:
+    @property
+    def _per_connection(self) -> bool:
+        return self.sequence_scope == "connection"
+
+    def _journal(self, account: str, kind: str, data: Dict[str, Any]) -> _Entry:
         entries = self.journals.setdefault(account, [])
-        seq = len(entries) + 1
-        text = json.dumps({"timestamp": self._now_ms(), "sequence": seq, "payload": {"type": kind, "data": data}},
-                          separators=(",", ":"))
-        entries.append((seq, kind, data, text))
-        return seq, text
+        seq, stamp = len(entries) + 1, self._now_ms()
+        body = json.dumps({"type": kind, "data": data}, separators=(",", ":"))
+        entry = _Entry(seq, kind, data, _frame_text(stamp, seq, body), stamp, body)
+        entries.append(entry)
+        return entry
+
+    def _subscribers_of(self, account: str) -> List[Client]:
+        return [c for c in list(self.clients) if account in c.info.get("subs", ())]
+
+    def _numbered(self, client: Client, account: str, entry: _Entry) -> str:
+        """``entry``'s frame for ``client``: with a per-connection scope it takes the
+        connection's next number (remembered, for :meth:`resend`)."""
+        if not self._per_connection:
+            return entry.text
+        client.info["seq"] += 1
+        text = entry.numbered(client.info["seq"])
+        client.info["sent"][(account, entry.seq)] = text
+        return text
 
     async def _publish(self, account: str, kind: str, data: Dict[str, Any]) -> int:
-        seq, text = self._journal(account, kind, data)
+        entry = self._journal(account, kind, data)
+        clients = self._subscribers_of(account)
         if self._skip_live > 0:
             self._skip_live -= 1
-            return seq
+            for client in clients:
+                self._numbered(client, account, entry)  # sent, and lost on the way
+            return entry.seq
         if self._reorder:
             self._reorder = False
-            self._held = (account, text)
-            return seq
-        self._push_live(account, text)
-        if self._held is not None:
-            held, self._held = self._held, None
-            self._push_live(*held)
-        return seq
-
-    async def _push_live_async(self, account: str, text: str) -> None:
-        self._push_live(account, text)
-
-    def _push_live(self, account: str, text: str) -> None:
-        for client in list(self.clients):
-            if account in client.info.get("subs", ()):
-                client.info["queue"].put_nowait(text)
+            self._held = [(client, self._numbered(client, account, entry)) for client in clients]
+            return entry.seq
+        for client in clients:
+            client.info["queue"].put_nowait(self._numbered(client, account, entry))
+        held, self._held = self._held, []
+        for client, text in held:
+            client.info["queue"].put_nowait(text)
+        return entry.seq
 
     def _frame(self, payload: Dict[str, Any]) -> str:
         return json.dumps({"timestamp": self._now_ms(), "payload": payload}, separators=(",", ":"))
@@ -377,7 +462,7 @@ class ClearStreetSimulator(SimulatorBase):
         return {}
 
     async def serve_client(self, client: Client) -> None:
-        client.info.update(queue=asyncio.Queue(), subs=set(), tokens=set(), subscribed=False)
+        client.info.update(queue=asyncio.Queue(), subs=set(), tokens=set(), subscribed=False, seq=0, sent={})
         tasks = [asyncio.ensure_future(self._writer(client)), asyncio.ensure_future(self._heartbeat_loop(client)),
                  asyncio.ensure_future(self._deadline(client)), asyncio.ensure_future(self._expiry(client))]
         await self.read_messages(client, self._on_client_message, tasks, as_text=False)
@@ -443,7 +528,7 @@ class ClearStreetSimulator(SimulatorBase):
             client.info["tokens"].add(token)
             queue = client.info["queue"]
             for entry in self.journals.get(account, []):
-                queue.put_nowait(entry[3])
+                queue.put_nowait(self._numbered(client, account, entry))
             if not self.withhold_replay_complete:
                 queue.put_nowait(self._frame({"type": "replay-complete"}))
             client.info["subs"].add(account)
@@ -479,6 +564,20 @@ class ClearStreetSimulator(SimulatorBase):
                 return 404, {"type": "about:blank", "title": "Not Found", "status": 404,
                              "detail": f"account {account} not found"}
             return 200, dict(body)
+
+
+def _average_cost(held: Decimal, cost: Decimal, change: Decimal, price: Decimal) -> Decimal:
+    """A position's average cost after a fill of signed ``change`` at ``price``: weighted by
+    quantity while the position grows (from zero too), unchanged while it shrinks, the
+    fill's price for what is left after a fill through zero, and 0 when flat."""
+    after = held + change
+    if after == 0:
+        return Decimal(0)
+    if held == 0 or (held > 0) == (change > 0):
+        return (abs(held) * cost + abs(change) * price) / abs(after)
+    if (after > 0) == (held > 0):
+        return cost
+    return price
 
 
 def _s(value: Decimal) -> str:
