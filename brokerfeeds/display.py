@@ -39,7 +39,7 @@ from .events import (
     Trade,
 )
 
-__all__ = ["quantity", "money", "progress", "side", "describe", "connection_line", "Describer"]
+__all__ = ["quantity", "money", "filled", "progress", "side", "describe", "connection_line", "Describer"]
 
 MISSING = "-"
 
@@ -76,12 +76,18 @@ def money(value: Any) -> str:
     return f"{number:f}" if number.is_finite() else str(number)
 
 
+def filled(order: Order) -> str:
+    """How much of an order is filled: the broker's figure, or (when it sent none) ``0``,
+    or the whole quantity for a FILLED order."""
+    done = order.filled_quantity
+    if done is None:
+        done = order.quantity if order.status is OrderStatus.FILLED else Decimal(0)
+    return quantity(done)
+
+
 def progress(order: Order) -> str:
     """``filled/quantity`` of an order, e.g. ``0/10`` or ``4/10``."""
-    filled = order.filled_quantity
-    if filled is None:
-        filled = order.quantity if order.status is OrderStatus.FILLED else Decimal(0)
-    return f"{quantity(filled)}/{quantity(order.quantity)}"
+    return f"{filled(order)}/{quantity(order.quantity)}"
 
 
 def side(value: Optional[Side]) -> str:
