@@ -45,7 +45,7 @@ def test_ibkr_demo_runs_and_recovers():
 
 @pytest.mark.timeout(60)
 def test_upstox_demo_announces_the_429_before_the_warning():
-    result = run("-m", "brokerfeeds", "demo", "--broker", "upstox", "--duration", "1.5")
+    result = run("-m", "brokerfeeds", "demo", "--broker", "upstox", "--duration", "1")
     assert result.returncode == 0, result.stderr
     announced = result.stdout.index("the simulator now refuses with HTTP 429")
     assert result.stdout.index("!! RateLimited") > announced
@@ -132,7 +132,7 @@ def test_qt_orders_window_example_headless():
     """The Qt window on Qt's offscreen platform: no display needed. Its QTimer pump runs the
     callbacks; Ctrl-C closes the window like its close button."""
     env = child_env({"QT_QPA_PLATFORM": "offscreen"})
-    result = run(str(EXAMPLES / "qt_orders_window.py"), "--seconds", "4", env=env, timeout=50)
+    result = run(str(EXAMPLES / "qt_orders_window.py"), "--pace", "0.1", "--seconds", "2.5", env=env, timeout=50)
     assert result.returncode == 0, result.stderr
     assert "2 orders shown" in result.stdout
     rows = [line.split() for line in result.stdout.splitlines() if line.startswith("  ")]
