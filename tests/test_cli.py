@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import sys
 from pathlib import Path
 from typing import Any, Dict, List
 
@@ -231,3 +232,29 @@ def test_verbose_shows_the_library_log_not_the_simulator_log() -> None:
 def test_without_verbose_only_warnings_show() -> None:
     result = run("-m", "brokerfeeds", "simulate", "--broker", "ibkr", "--duration", "0.1")
     assert result.returncode == 0 and result.stderr == "", result.stderr
+
+
+def test_a_closed_pipe_ends_watch_quietly() -> None:
+    """``brokerfeeds watch ... | head -1``: once the reader is gone, watch stops, exit code 0,
+    no BrokenPipeError on stderr."""
+    import subprocess
+
+    from brokerfeeds.testing import IbkrSimulator
+
+    with IbkrSimulator() as sim:
+        proc = subprocess.Popen([sys.executable, "-m", "brokerfeeds", "watch", "--broker", "ibkr", "--url", sim.url,
+                                 "--rest-url", sim.rest_url], cwd=ROOT, env=child_env(), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        try:
+            assert "-- connected" in proc.stdout.readline()
+            proc.stdout.close()  # the reader goes away
+            for _ in range(3):
+                sim.place_order("AAPL", "BUY", 10, 190.10)  # something to write
+            assert proc.wait(20) == 0
+            stderr = proc.stderr.read()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(5)
+            proc.stderr.close()
+    assert stderr == "", stderr
