@@ -74,6 +74,7 @@ def main() -> int:
     parser.add_argument("--gateway", help="gateway base URL, e.g. https://localhost:5000")
     parser.add_argument("--insecure", action="store_true")
     parser.add_argument("--seconds", type=float, default=None, help="close the window after this long")
+    parser.add_argument("--pace", type=float, default=0.6, help="seconds between the simulator's scripted steps")
     args = parser.parse_args()
     sim: Optional[Any] = None
     if args.gateway:
@@ -93,7 +94,7 @@ def main() -> int:
     feed.start()
     print("window open: close it or press Ctrl-C to stop", flush=True)
     if sim is not None:
-        script(root, sim)
+        script(root, sim, args.pace)
     if args.seconds:
         root.after(int(args.seconds * 1000), window.close)
     try:
@@ -106,8 +107,8 @@ def main() -> int:
     return 0
 
 
-def script(root: tk.Tk, sim: Any) -> None:
-    """Scripted activity for the simulator, spread over a few seconds."""
+def script(root: tk.Tk, sim: Any, pace: float = 0.6) -> None:
+    """Scripted activity for the simulator, one step every ``pace`` seconds."""
     ids: Dict[str, str] = {}
     steps: list = [
         lambda: ids.update(a=sim.place_order("AAPL", "BUY", 100, 190.5)),
@@ -117,7 +118,7 @@ def script(root: tk.Tk, sim: Any) -> None:
         lambda: sim.cancel(ids["b"]),
     ]
     for i, step in enumerate(steps):
-        root.after(600 * (i + 1), step)
+        root.after(int(pace * 1000) * (i + 1), step)
 
 
 if __name__ == "__main__":
