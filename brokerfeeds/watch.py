@@ -38,6 +38,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, TextI
 
 from .display import Describer
 from .errors import BrokerFeedsError
+from .events import to_json
 from .feed import Feed
 
 __all__ = ["BROKERS", "QUOTE_BROKERS", "UsageError", "add_arguments", "build_feed", "run", "stop_on_signals"]
@@ -203,11 +204,7 @@ class Printer:
         self.closed = threading.Event()
         self._accounts = frozenset(accounts)
         self._describe = Describer()
-        self._format: Callable[[Any], str] = self._json if as_json else self._readable
-        if as_json:
-            from .events import to_json  # type: ignore[attr-defined]  # brokerfeeds.events' JSON schema
-
-            self._to_json: Callable[[Any], str] = to_json
+        self._format: Callable[[Any], str] = to_json if as_json else self._readable
 
     def attach(self, feed: Feed[Any]) -> None:
         """Print every event ``feed`` delivers."""
@@ -230,9 +227,6 @@ class Printer:
         stamp = _dt.datetime.now().strftime("%H:%M:%S.%f")[:-3]
         return f"{stamp} {self._describe(item)}"
 
-    def _json(self, item: Any) -> str:
-        return self._to_json(item)
-
 
 def run(args: argparse.Namespace, env: Optional[Mapping[str, str]] = None, out: TextIO = sys.stdout,
         err: TextIO = sys.stderr) -> int:
@@ -240,13 +234,10 @@ def run(args: argparse.Namespace, env: Optional[Mapping[str, str]] = None, out: 
     stop = threading.Event()
     try:
         try:
-            feed = build_feed(args, os.environ if env is None else env)
             printer = Printer(out, args.json, _accounts(args))
+            feed = build_feed(args, os.environ if env is None else env)
         except UsageError as exc:
             err.write(f"brokerfeeds watch: {exc}\n")
-            return 2
-        except ImportError as exc:  # --json before brokerfeeds.events has to_json
-            err.write(f"brokerfeeds watch: --json is not available in this version ({exc})\n")
             return 2
         except BrokerFeedsError as exc:  # a refused login
             err.write(f"brokerfeeds watch: {type(exc).__name__}: {exc}\n")

@@ -11,7 +11,7 @@ import json
 import shlex
 import sys
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Dict, List
 
 import pytest
 
@@ -132,13 +132,6 @@ def test_refused_credentials_are_one_line_and_a_nonzero_exit() -> None:
 
 
 # ====================================================================== simulate + watch --json
-def _from_json() -> Any:
-    events = pytest.importorskip("brokerfeeds.events")
-    if not hasattr(events, "from_json"):
-        pytest.skip("brokerfeeds.events.from_json is not there yet")
-    return events.from_json
-
-
 def _paste(lines: List[str]) -> tuple:
     """The exports and the watch arguments that ``simulate`` printed."""
     exports = dict(shlex.split(line)[1].split("=", 1) for line in lines if line.startswith("export "))
@@ -148,9 +141,8 @@ def _paste(lines: List[str]) -> tuple:
 
 def test_simulate_and_watch_json_as_two_processes() -> None:
     """All four brokers at once (each pair: a ``simulate --activity`` process and the
-    ``watch --json`` it printed, interrupted like Ctrl-C once an order was cancelled)."""
-    from_json = _from_json()
-    from brokerfeeds.events import Connected, Order, OrderStatus, Trade
+    ``watch --json`` it printed, interrupted like Ctrl-C once a fill and a cancel came)."""
+    from brokerfeeds.events import Connected, Order, OrderStatus, Trade, from_json
 
     sims = {b: Process("-m", "brokerfeeds", "simulate", "--broker", b, "--activity", "--interval", "0.15")
             for b in BROKERS}
@@ -161,11 +153,12 @@ def test_simulate_and_watch_json_as_two_processes() -> None:
             exports, argv = _paste(sim.out)
             watches[broker] = Process("-m", "brokerfeeds", "watch", *argv, "--json", env=child_env(exports))
         for broker, watch in watches.items():
+            watch.wait_for('"type":"trade"', timeout=20)  # a live fill (not only the REST snapshot)
             watch.wait_for('"CANCELLED"', timeout=20)
             assert watch.interrupt() == 0, watch.stderr
             assert watch.stderr == "", watch.stderr
-            events = [from_json(line) for line in watch.out]
-            assert all(json.loads(line) for line in watch.out)  # JSON Lines: one object per line
+            assert all(json.loads(line)["schema"] == 1 for line in watch.out)  # JSON Lines: an object a line
+            events = [from_json(line) for line in watch.out]  # the events' JSON schema
             assert isinstance(events[0], Connected), (broker, events[:3])
             orders = [e for e in events if isinstance(e, Order)]
             assert all(o.broker == broker for o in orders)
