@@ -36,6 +36,13 @@ def test_python_m_brokerfeeds_is_the_command() -> None:
         assert result.stdout.strip() == f"brokerfeeds {__version__}"
     helped = run("-m", "brokerfeeds", "--help")
     assert all(command in helped.stdout for command in ("watch", "simulate", "demo"))
+    script = Path(sys.executable).with_name("brokerfeeds")  # the console script, where installed
+    if script.exists():
+        import subprocess
+
+        same = subprocess.run([str(script), "--help"], cwd=ROOT, env=child_env(), capture_output=True, text=True,
+                              timeout=30)
+        assert same.returncode == 0 and same.stdout == helped.stdout
 
 
 # ====================================================================== watch: usage errors
