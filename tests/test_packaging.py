@@ -122,3 +122,17 @@ def test_one_source_for_the_version() -> None:
     assert "version = attr: brokerfeeds.__version__" in setup_cfg
     pyproject = (ROOT / "pyproject.toml").read_text()
     assert "[build-system]" in pyproject and "[project]" not in pyproject  # metadata stays in setup.cfg
+
+
+def test_docstrings_cite_docs_that_exist() -> None:
+    """Every ``docs/<page>.md`` a module cites exists (the sdist ships docs/ too), and nothing
+    cites the old ``protocols/`` notes, which were never part of the repository."""
+    import re
+
+    cited = set()
+    for module in (ROOT / "brokerfeeds").rglob("*.py"):
+        text = module.read_text(encoding="utf-8")
+        assert "protocols/" not in text, module
+        cited.update(re.findall(r"docs/([\w-]+\.md)", text))
+    assert {f"{broker}.md" for broker in BROKERS} <= cited
+    assert all((ROOT / "docs" / page).is_file() for page in cited), cited
