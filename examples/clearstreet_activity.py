@@ -7,6 +7,9 @@ drops what you already had and marks what you missed with ``replayed=True``.
     python examples/clearstreet_activity.py                     # against the built-in simulator
     CLEARSTREET_CLIENT_ID=... CLEARSTREET_CLIENT_SECRET=... \\
         python examples/clearstreet_activity.py --account 100000 [--sandbox] [--marks marks.json]
+
+With credentials it runs until Ctrl-C, which stops cleanly. ``--url``, ``--rest-url`` and
+``--auth-url`` point it elsewhere (``brokerfeeds simulate --broker clearstreet`` prints them).
 """
 
 from __future__ import annotations
@@ -17,31 +20,33 @@ import sys
 import time
 from typing import Callable, List
 
-from brokerfeeds.brokers.clearstreet import ClearStreetFeed, JsonFileMarkStore
+from brokerfeeds.brokers.clearstreet import AUTH_URL, ClearStreetFeed, JsonFileMarkStore
+from brokerfeeds.display import filled, money, quantity, side
 from brokerfeeds.events import Balance, Order, Position, ReplayComplete, Trade
 
 
 def show_order(order: Order) -> None:
     tag = " (replayed)" if order.replayed else ""
-    print(f"order {order.order_id}: {order.side.value if order.side else '?'} {order.quantity} {order.symbol} "
-          f"-> {order.status.value} ({order.broker_status}), filled {order.filled_quantity}{tag}")
+    print(f"order {order.order_id}: {side(order.side)} {quantity(order.quantity)} {order.symbol} "
+          f"-> {order.status.value} ({order.broker_status}), filled {filled(order)}{tag}", flush=True)
 
 
 def show_fill(trade: Trade) -> None:
-    print(f"  fill {trade.quantity} {trade.symbol} @ {trade.price} ({trade.trade_id})"
-          f"{' (replayed)' if trade.replayed else ''}")
+    print(f"  fill {quantity(trade.quantity)} {trade.symbol} @ {money(trade.price)} ({trade.trade_id})"
+          f"{' (replayed)' if trade.replayed else ''}", flush=True)
 
 
 def show_position(position: Position) -> None:
-    print(f"  position {position.symbol}: {position.quantity} @ {position.avg_price}")
+    print(f"  position {position.symbol}: {quantity(position.quantity)} @ {money(position.avg_price)}", flush=True)
 
 
 def show_balance(balance: Balance) -> None:
-    print(f"  buying power {balance.account}: {balance.buying_power}")
+    print(f"  buying power {balance.account}: {money(balance.buying_power)}", flush=True)
 
 
 def show_replay_done(done: ReplayComplete) -> None:
-    print(f"-- account {done.account}: replay complete{' (timed out)' if done.timed_out else ''}; live now")
+    print(f"-- account {done.account}: replay complete{' (timed out)' if done.timed_out else ''}; live now",
+          flush=True)
 
 
 def watch(feed: ClearStreetFeed, accounts: List[str]) -> None:
@@ -60,6 +65,9 @@ def main() -> int:
     parser.add_argument("--account", action="append", help="account id (repeat for several)")
     parser.add_argument("--sandbox", action="store_true", help="use the sandbox environment")
     parser.add_argument("--marks", help="JSON file to persist sequence marks (no re-delivery after a restart)")
+    parser.add_argument("--url", help="the WebSocket URL (default: production or --sandbox)")
+    parser.add_argument("--rest-url", help="the REST base URL (default: production or --sandbox)")
+    parser.add_argument("--auth-url", default=AUTH_URL, help="the OAuth2 token endpoint")
     args = parser.parse_args()
     client_id = os.environ.get("CLEARSTREET_CLIENT_ID")
     client_secret = os.environ.get("CLEARSTREET_CLIENT_SECRET")
@@ -68,11 +76,15 @@ def main() -> int:
             parser.error("--account is required with real credentials")
         host = "sandbox-api.clearstreet.io" if args.sandbox else "api.clearstreet.io"
         feed = ClearStreetFeed(
-            token_provider=ClearStreetFeed.client_credentials(client_id, client_secret),
-            url=f"wss://{host}/studio/v2/ws", rest_url=f"https://{host}/studio/v2",
+            token_provider=ClearStreetFeed.client_credentials(client_id, client_secret, auth_url=args.auth_url),
+            url=args.url or f"wss://{host}/studio/v2/ws", rest_url=args.rest_url or f"https://{host}/studio/v2",
             sequence_store=JsonFileMarkStore(args.marks) if args.marks else None)
         watch(feed, args.account)
-        feed.run_forever()  # Ctrl-C stops cleanly
+        feed.on_connect(lambda c: print("-- reconnected" if c.reconnect else "-- connected", flush=True))
+        try:
+            feed.run_forever()  # Ctrl-C stops cleanly
+        except KeyboardInterrupt:
+            pass  # run_forever stopped the feed
         return 0
 
     from brokerfeeds.testing.clearstreet import ClearStreetSimulator

@@ -6,9 +6,10 @@ With credentials in the environment this connects to Firstock itself:
     FIRSTOCK_VENDOR_CODE=AB1234_API FIRSTOCK_API_KEY=... \
     python examples/firstock_quotes_and_orders.py --seconds 60
 
-(or FIRSTOCK_JKEY=<susertoken> instead of the login variables). Without credentials it
-starts the built-in simulator, scripts a little activity and exits after a few seconds,
-so you can see what the callbacks receive.
+(or FIRSTOCK_JKEY=<susertoken> instead of the login variables; ``--url`` / ``--rest-url``
+point it elsewhere). Ctrl-C stops it cleanly before ``--seconds`` are up. Without
+credentials it starts the built-in simulator, scripts a little activity and exits after
+a few seconds, so you can see what the callbacks receive.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import time
 from typing import Any, Dict, Optional
 
 from brokerfeeds.brokers.firstock import FirstockFeed
+from brokerfeeds.display import money, progress, quantity, side
 from brokerfeeds.errors import BrokerFeedsError
 from brokerfeeds.events import Notice, Order, Position, Quote, Trade
 
@@ -45,38 +47,44 @@ def wire(feed: FirstockFeed) -> None:
 
     @feed.on_quote
     def quote(q: Quote) -> None:
-        print(f"quote    {q.instrument:<10} last {q.last}  bid {q.bid} x {q.bid_size}  ask {q.ask} x {q.ask_size}")
+        print(f"quote    {q.instrument:<10} last {money(q.last)}  bid {money(q.bid)} x {quantity(q.bid_size)}  "
+              f"ask {money(q.ask)} x {quantity(q.ask_size)}", flush=True)
 
     @feed.on_order
     def order(o: Order) -> None:
-        print(f"order    {o.order_id} {o.symbol} {o.side.value if o.side else '?'} {o.status.value} "
-              f"{o.filled_quantity or 0}/{o.quantity} @ {o.avg_price}  [{o.broker_status}]")
+        print(f"order    {o.order_id} {o.symbol} {side(o.side)} {o.status.value} "
+              f"{progress(o)} @ {money(o.avg_price)}  [{o.broker_status}]", flush=True)
 
     @feed.on_trade
     def trade(t: Trade) -> None:
-        print(f"fill     {t.order_id} {t.symbol} {t.quantity} @ {t.price}")
+        print(f"fill     {t.order_id} {t.symbol} {quantity(t.quantity)} @ {money(t.price)}", flush=True)
 
     @feed.on_position
     def position(p: Position) -> None:
-        print(f"position {p.instrument or p.symbol} qty {p.quantity} avg {p.avg_price} realized {p.realized_pnl}")
+        print(f"position {p.instrument or p.symbol} qty {quantity(p.quantity)} avg {money(p.avg_price)} "
+              f"realized {money(p.realized_pnl)}", flush=True)
 
-    feed.on_pnl(lambda pnl: print(f"pnl      day {pnl.daily_pnl} (unrealized {pnl.unrealized_pnl})"))
-    feed.on_notice(lambda n: print(f"notice   [{n.kind}] {n.text}") if isinstance(n, Notice) else None)
-    feed.on_connect(lambda c: print(f"-- {'re' if c.reconnect else ''}connected"))
-    feed.on_disconnect(lambda d: print(f"-- disconnected: {d.reason}"))
-    feed.on_error(lambda e: print(f"!! {type(e).__name__}: {e}"))
+    feed.on_pnl(lambda pnl: print(f"pnl      day {money(pnl.daily_pnl)} (unrealized {money(pnl.unrealized_pnl)})",
+                                  flush=True))
+    feed.on_notice(lambda n: print(f"notice   [{n.kind}] {n.text}", flush=True) if isinstance(n, Notice) else None)
+    feed.on_connect(lambda c: print(f"-- {'re' if c.reconnect else ''}connected", flush=True))
+    feed.on_disconnect(lambda d: print(f"-- disconnected: {d.reason}", flush=True))
+    feed.on_error(lambda e: print(f"!! {type(e).__name__}: {e}", flush=True))
 
 
-def run_live(seconds: float) -> int:
-    """Connect to Firstock with the FIRSTOCK_* credentials."""
-    feed = build_feed()
+def run_live(seconds: float, url: Optional[str] = None, rest_url: Optional[str] = None) -> int:
+    """Connect to Firstock with the FIRSTOCK_* credentials; Ctrl-C stops cleanly."""
+    feed = build_feed(url=url, rest_url=rest_url)
     wire(feed)
     feed.subscribe_quotes(*INSTRUMENTS)
-    with feed:
-        if not feed.wait_connected(15):
-            print("could not connect", file=sys.stderr)
-            return 1
-        time.sleep(seconds)
+    with feed:  # leaving the block (Ctrl-C included) stops the feed
+        try:
+            if not feed.wait_connected(15):
+                print("could not connect", file=sys.stderr)
+                return 1
+            time.sleep(seconds)
+        except KeyboardInterrupt:
+            pass
     return 0
 
 
@@ -111,13 +119,19 @@ def main(argv: Optional[list] = None) -> int:
     """Live with credentials, simulated without."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=None, help="how long to stream")
+    parser.add_argument("--url", help="the socket URL (default: Firstock's V2 socket)")
+    parser.add_argument("--rest-url", help="the REST base URL (default: Firstock's)")
     args = parser.parse_args(argv)
     live = "FIRSTOCK_USER_ID" in os.environ
     try:
-        return run_live(args.seconds or 60.0) if live else run_simulated(args.seconds or 4.0)
+        if live:
+            return run_live(args.seconds or 60.0, args.url, args.rest_url)
+        return run_simulated(args.seconds or 4.0)
     except BrokerFeedsError as exc:
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C during the login
+        return 0
 
 
 if __name__ == "__main__":

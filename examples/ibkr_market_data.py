@@ -3,6 +3,9 @@
 
     python examples/ibkr_market_data.py                  # against the built-in simulator
     python examples/ibkr_market_data.py --gateway https://localhost:5000 --insecure 265598 8314
+    python examples/ibkr_market_data.py --url ws://127.0.0.1:5000/v1/api/ws --rest-url http://127.0.0.1:5001/v1/api
+
+With a gateway, it runs until Ctrl-C, which stops cleanly.
 """
 
 from __future__ import annotations
@@ -12,28 +15,34 @@ import sys
 import time
 
 from brokerfeeds import IbkrFeed
+from brokerfeeds.display import money, quantity
 from brokerfeeds.events import Quote
 
 
 def show(quote: Quote) -> None:
-    print(f"{quote.instrument:>8}  last {quote.last}  bid {quote.bid} x {quote.bid_size}  "
-          f"ask {quote.ask} x {quote.ask_size}  volume {quote.volume}")
+    print(f"{quote.instrument:>8}  last {money(quote.last)}  bid {money(quote.bid)} x {quantity(quote.bid_size)}  "
+          f"ask {money(quote.ask)} x {quantity(quote.ask_size)}  volume {quantity(quote.volume)}", flush=True)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("conids", nargs="*", default=["265598"], help="contract ids (default: AAPL)")
     parser.add_argument("--gateway", help="gateway base URL, e.g. https://localhost:5000")
+    parser.add_argument("--url", help="the WebSocket URL (instead of the one --gateway implies)")
+    parser.add_argument("--rest-url", help="the REST base URL (instead of the one --gateway implies)")
     parser.add_argument("--insecure", action="store_true", help="accept the gateway's self-signed certificate")
     args = parser.parse_args()
-    if args.gateway:
-        base = args.gateway.rstrip("/")
-        feed = IbkrFeed(url=base.replace("http", "ws", 1) + "/v1/api/ws", rest_url=base + "/v1/api",
-                        verify=not args.insecure)
+    if args.gateway or args.url:
+        base = (args.gateway or "https://localhost:5000").rstrip("/")
+        feed = IbkrFeed(url=args.url or base.replace("http", "ws", 1) + "/v1/api/ws",
+                        rest_url=args.rest_url or base + "/v1/api", verify=not args.insecure)
         feed.on_quote(show)
         for conid in args.conids:
             feed.subscribe_quotes(conid)
-        feed.run_forever()
+        try:
+            feed.run_forever()  # Ctrl-C stops cleanly
+        except KeyboardInterrupt:
+            pass  # run_forever stopped the feed
         return 0
 
     from brokerfeeds.testing import IbkrSimulator

@@ -7,18 +7,24 @@ The feed runs with ``dispatch="queue"``: its callbacks run only inside
     python examples/tk_orders_window.py                  # simulator with scripted orders
     python examples/tk_orders_window.py --gateway https://localhost:5000 --insecure
     python examples/tk_orders_window.py --seconds 5      # close by itself after 5 s
+
+It needs a display (a desktop session, or an X server such as ``xvfb-run``): Tk cannot
+open a window without one. Closing the window or Ctrl-C in the terminal stops the feed
+cleanly. The same pump in Qt is ``examples/qt_orders_window.py``.
 """
 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import tkinter as tk
 from tkinter import ttk
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Dict, Optional
 
 from brokerfeeds import IbkrFeed
-from brokerfeeds.events import Disconnected, Order
+from brokerfeeds.display import filled, money, quantity, side
+from brokerfeeds.events import Order
 
 COLUMNS = ("order", "symbol", "side", "quantity", "filled", "avg", "status")
 
@@ -45,8 +51,9 @@ class OrdersWindow:
         self.pump()
 
     def show_order(self, order: Order) -> None:
-        values = (order.order_id, order.symbol, order.side.value if order.side else "", order.quantity,
-                  order.filled_quantity, order.avg_price or "", order.status.value.replace("_", " ").lower())
+        values = (order.order_id, order.symbol or "", side(order.side), quantity(order.quantity), filled(order),
+                  money(order.avg_price) if order.avg_price is not None else "",
+                  order.status.value.replace("_", " ").lower())
         row = self.rows.get(order.order_id)
         if row is None:
             self.rows[order.order_id] = self.table.insert("", "end", values=values)
@@ -67,6 +74,7 @@ def main() -> int:
     parser.add_argument("--gateway", help="gateway base URL, e.g. https://localhost:5000")
     parser.add_argument("--insecure", action="store_true")
     parser.add_argument("--seconds", type=float, default=None, help="close the window after this long")
+    parser.add_argument("--pace", type=float, default=0.6, help="seconds between the simulator's scripted steps")
     args = parser.parse_args()
     sim: Optional[Any] = None
     if args.gateway:
@@ -81,9 +89,12 @@ def main() -> int:
     feed.subscribe_orders()
     root = tk.Tk()
     window = OrdersWindow(root, feed)
+    # Python runs signal handlers between Tk events; the 50 ms pump guarantees there are some.
+    signal.signal(signal.SIGINT, lambda signum, frame: root.after(0, window.close))
     feed.start()
+    print("window open: close it or press Ctrl-C to stop", flush=True)
     if sim is not None:
-        script(root, sim)
+        script(root, sim, args.pace)
     if args.seconds:
         root.after(int(args.seconds * 1000), window.close)
     try:
@@ -96,8 +107,8 @@ def main() -> int:
     return 0
 
 
-def script(root: tk.Tk, sim: Any) -> None:
-    """Scripted activity for the simulator, spread over a few seconds."""
+def script(root: tk.Tk, sim: Any, pace: float = 0.6) -> None:
+    """Scripted activity for the simulator, one step every ``pace`` seconds."""
     ids: Dict[str, str] = {}
     steps: list = [
         lambda: ids.update(a=sim.place_order("AAPL", "BUY", 100, 190.5)),
@@ -107,7 +118,7 @@ def script(root: tk.Tk, sim: Any) -> None:
         lambda: sim.cancel(ids["b"]),
     ]
     for i, step in enumerate(steps):
-        root.after(600 * (i + 1), step)
+        root.after(int(pace * 1000) * (i + 1), step)
 
 
 if __name__ == "__main__":

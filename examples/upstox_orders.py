@@ -2,9 +2,11 @@
 
 Usage:
     python examples/upstox_orders.py                  # no credentials: runs against the built-in simulator
-    UPSTOX_ACCESS_TOKEN=... python examples/upstox_orders.py   # your real account (Ctrl-C to stop)
+    UPSTOX_ACCESS_TOKEN=... python examples/upstox_orders.py   # your real account
 
-The access token is the daily one from Upstox's login flow (it expires at 03:30 IST).
+With a token it runs until Ctrl-C, which stops cleanly. The access token is the daily one
+from Upstox's login flow (it expires at 03:30 IST). ``UPSTOX_REST_URL`` points it at
+another API base (``brokerfeeds simulate --broker upstox`` prints one).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import time
 from typing import Optional
 
 from brokerfeeds.brokers.upstox import UpstoxFeed
+from brokerfeeds.display import money, progress, quantity, side
 from brokerfeeds.events import GttOrder, Holding, Order, Position, Trade
 
 
@@ -24,21 +27,20 @@ def build_feed(token: str, rest_url: str, **kwargs: object) -> UpstoxFeed:
 
     @feed.on_order
     def order(o: Order) -> None:
-        side = o.side.value if o.side else "?"
-        print(f"order    {o.order_id} {side} {o.symbol} {o.status.value} "
-              f"{o.filled_quantity}/{o.quantity} avg {o.avg_price}  [{o.broker_status}]", flush=True)
+        print(f"order    {o.order_id} {side(o.side)} {o.symbol} {o.status.value} "
+              f"{progress(o)} avg {money(o.avg_price)}  [{o.broker_status}]", flush=True)
 
     @feed.on_trade
     def trade(t: Trade) -> None:
-        print(f"fill     {t.order_id} {t.side.value if t.side else '?'} {t.quantity} {t.symbol} @ {t.price}", flush=True)
+        print(f"fill     {t.order_id} {side(t.side)} {quantity(t.quantity)} {t.symbol} @ {money(t.price)}", flush=True)
 
     @feed.on_position
     def position(p: Position) -> None:
-        print(f"position {p.symbol} qty {p.quantity} avg {p.avg_price}", flush=True)
+        print(f"position {p.symbol} qty {quantity(p.quantity)} avg {money(p.avg_price)}", flush=True)
 
     @feed.on_holding
     def holding(h: Holding) -> None:
-        print(f"holding  {h.symbol} qty {h.quantity} avg {h.avg_price}", flush=True)
+        print(f"holding  {h.symbol} qty {quantity(h.quantity)} avg {money(h.avg_price)}", flush=True)
 
     @feed.on_gtt_order
     def gtt(g: GttOrder) -> None:
@@ -58,9 +60,9 @@ def run_live(token: str) -> int:
     """Stream a real account until Ctrl-C."""
     feed = build_feed(token, os.environ.get("UPSTOX_REST_URL", "https://api.upstox.com"))
     try:
-        feed.run_forever()
+        feed.run_forever()  # Ctrl-C stops cleanly
     except KeyboardInterrupt:
-        return 0
+        pass  # run_forever stopped the feed
     return 0
 
 

@@ -1,6 +1,6 @@
 """Clear Street Studio API v2 activity channel: adapter and feed.
 
-Protocol notes (see the project's protocols/clearstreet.md for sources):
+Protocol notes (see the project's docs/clearstreet.md for sources):
 
 * One WebSocket (``wss://api.clearstreet.io/studio/v2/ws``); no auth on the handshake.
   The OAuth2 bearer token travels in the ``authorization`` field of every

@@ -1,6 +1,6 @@
 """Firstock (India) WebSocket: adapter and feed.
 
-Protocol notes (see the project's protocols/firstock.md for sources):
+Protocol notes (see the project's docs/firstock.md for sources):
 
 * Connect to ``wss://socket.firstock.in/V2/ws?userId=U&jKey=K&source=developer-api``:
   authentication happens in the query string. The answer is one of: HTTP 401 on the

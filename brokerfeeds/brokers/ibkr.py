@@ -1,6 +1,6 @@
 """Interactive Brokers Client Portal (gateway) WebSocket: adapter and feed.
 
-Protocol notes (see the project's protocols/ibkr.md for sources):
+Protocol notes (see the project's docs/ibkr.md for sources):
 
 * Connect: ``POST /tickle`` gives the session id; the socket is opened with the cookie
   ``api={"session": "<id>"}``. Subscriptions are only sent after

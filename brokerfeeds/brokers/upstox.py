@@ -1,6 +1,6 @@
 """Upstox portfolio stream feed: sans-I/O adapter and feed.
 
-Protocol notes (see the project's protocols/upstox.md for sources):
+Protocol notes (see the project's docs/upstox.md for sources):
 
 * Connect: ``GET {rest_url}/v2/feed/portfolio-stream-feed/authorize?update_types=...``
   with ``Authorization: Bearer <access_token>`` returns a **single-use**

@@ -45,6 +45,8 @@ def run(out: Callable[[str], None], duration: float = 10.0) -> int:
                                 symbol="SBIN-EQ")
             step()
             out("demo: >>> cutting the connection; the order keeps filling while we are away <<<")
+            out(f"demo: >>> the simulator now refuses with HTTP 429 (Too Many Requests, Retry-After {pace:g} s) "
+                "the next authorize: a RateLimited warning follows, then the feed waits and retries <<<")
             sim.rate_limit(times=1, retry_after=pace)  # the first re-authorize is told to wait
             sim.drop()
             sim.fill(buy, 6, 92.55)

@@ -1,6 +1,6 @@
 """A local Clear Street Studio activity channel: OAuth token endpoint, REST P&L and the WebSocket.
 
-Behaves as protocols/clearstreet.md describes: the client must send one
+Behaves as docs/clearstreet.md describes: the client must send one
 ``subscribe-activity`` per account (token in ``authorization``) within
 ``subscribe_deadline`` seconds; each subscribe is validated (token, account) and acked,
 then the account's journal for the day is replayed in order and ``replay-complete``

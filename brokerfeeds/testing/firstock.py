@@ -1,6 +1,6 @@
 """A local Firstock: the V2 (and deprecated V1) socket plus REST login/orderBook/positionBook.
 
-Behaves as protocols/firstock.md describes:
+Behaves as docs/firstock.md describes:
 
 * Query-string auth (``userId``, ``jKey``, ``source=developer-api``). A bad jKey is
   refused either with a first frame ``{"status": "failed", "message": "unauthenticated"}``

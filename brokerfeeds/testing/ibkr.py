@@ -1,6 +1,6 @@
 """A local IBKR Client Portal gateway: REST (tickle, orders, trades, positions) and the WebSocket.
 
-Behaves as protocols/ibkr.md describes: sends ``system`` / ``act`` / ``sts`` on open and a
+Behaves as docs/ibkr.md describes: sends ``system`` / ``act`` / ``sts`` on open and a
 ``system`` heartbeat every ``hb_interval`` seconds, echoes ``ech+hb``, sends server frames
 as *binary* frames by default (as the real gateway often does), streams ``sor`` as partial
 updates, ``smd`` as deltas, ``spl``, ``str`` and ``ssd``. The order book changes even while

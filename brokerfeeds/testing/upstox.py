@@ -1,6 +1,6 @@
 """A local Upstox: the portfolio-stream authorize endpoint, the feed socket and REST books.
 
-Behaves as protocols/upstox.md describes:
+Behaves as docs/upstox.md describes:
 
 * ``GET /v2/feed/portfolio-stream-feed/authorize?update_types=...`` checks the bearer
   token and mints a single-use ``authorized_redirect_uri``
