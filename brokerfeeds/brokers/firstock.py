@@ -51,8 +51,9 @@ Protocol notes (see the project's docs/firstock.md for sources):
   average) is read again, up to ``BOOK_RETRIES`` times in all, after which a fill is
   reported with what is known (a :class:`Trade` whose price may be None). An update that
   changes nothing but its time (likely an unreadable fill) emits no :class:`Order`: the
-  read does. Updates before the order works at the exchange (ORDER ACK, PENDING...) have
-  nothing filled and cost no read. Two fills between two reads of the book arrive as one
+  read does. Updates before the order works at the exchange (ORDER ACK, PENDING...), a
+  rejection, and Noren's report of the acceptance itself (``reporttype`` New) of an order
+  with nothing filled before them have nothing filled and cost no read. Two fills between two reads of the book arrive as one
   :class:`Trade` (their total, at their average price): the book has no per-fill rows.
 * Positions: REST ``positionBook`` rows as the Go SDK's ``PositionBookData`` has them
   (``RealizedPNL``, ``totalMTM``, ``totalPNL``; no unrealized P&L, no last price); a
@@ -168,6 +169,11 @@ STATUS_MAP: Dict[str, OrderStatus] = status_table({
     "REJECTED": OrderStatus.REJECTED,
     "EXPIRED": OrderStatus.EXPIRED,
 })
+
+#: Noren ``reporttype`` words of an order's acceptance (no fill can be in it).
+_NEW_REPORTS = frozenset({"New", "NewAck", "PendingNew"})
+#: Statuses of an order that never worked at the exchange (with no fill known before them).
+_NOTHING_FILLED = frozenset({OrderStatus.PENDING, OrderStatus.REJECTED})
 
 _SESSION_LIMIT = "maximum sessions limit"
 #: ``status`` words of a refusal; and the words that make a text before the authentication
@@ -488,8 +494,9 @@ class FirstockProtocol(Protocol):
         word = map_status(fields.get("status"), None, None)
         unread = False  # the socket message does not say how much filled, or at what price
         if not rest and fields.get("filled") is None:
-            if word is OrderStatus.PENDING and not candidate.get("filled"):
-                # Not working at the exchange yet (ORDER ACK, PENDING ...): nothing can have filled.
+            if not candidate.get("filled") and (word in _NOTHING_FILLED or raw.get("reporttype") in _NEW_REPORTS):
+                # Not working at the exchange yet (ORDER ACK, PENDING ...), rejected, or Noren's
+                # report of the order's acceptance itself: nothing can have filled, no read needed.
                 fields = dict(fields, filled=Decimal(0))
             else:
                 unread = True
