@@ -189,7 +189,7 @@ def run_ibkrfeed(spec: Dict[str, Any]) -> Dict[str, Any]:
 
 # ------------------------------------------------------------------ ibind
 def run_ibind(spec: Dict[str, Any]) -> Dict[str, Any]:
-    """ibind's IbkrWsClient (v2) with a CallbackSink on the same server (protocols/ibkr.md §d)."""
+    """ibind's IbkrWsClient (v2) with a CallbackSink on the same server (docs/ibkr.md)."""
     import logging
 
     logging.disable(logging.CRITICAL)

@@ -285,7 +285,7 @@ def _orders_in_flight(count: int, lifecycle: Callable[[int], List[bytes]], inter
 
 
 def upstox_order_lifecycle(i: int, user_id: str = "7AB123") -> List[bytes]:
-    """Portfolio-stream ``order`` updates for one order (protocols/upstox.md §a.4, every key).
+    """Portfolio-stream ``order`` updates for one order (docs/upstox.md, every key).
 
     put order req received → validation pending → open pending → open, then: two partial
     fills and ``complete``; or one partial fill, ``cancel pending``, ``cancelled``; or (1 in
@@ -348,7 +348,7 @@ def upstox_frames(count: int, user_id: str = "7AB123", interleave: int = 50) -> 
 
 
 def firstock_order_lifecycle(i: int, user_id: str = "AB1234") -> List[bytes]:
-    """Firstock V2 order updates for one order (protocols/firstock.md §a.6; every value a string).
+    """Firstock V2 order updates for one order (docs/firstock.md; every value a string).
 
     ORDER ACK → PENDING → OPEN, then: two ``PartialFill`` and a ``Fill`` (COMPLETE); or one
     partial fill and CANCELED; or (1 in 10) REJECTED. Fill fields (``fillshares``,

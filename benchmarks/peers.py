@@ -172,7 +172,7 @@ def run_fs_baseline(spec: Dict[str, Any]) -> Dict[str, Any]:
 
 # ------------------------------------------------------------------ scenario 4: official SDKs
 def run_up_sdk(spec: Dict[str, Any]) -> Dict[str, Any]:
-    """upstox-python-sdk ``PortfolioDataStreamer`` (protocols/upstox.md §d): its hard-coded
+    """upstox-python-sdk ``PortfolioDataStreamer`` (docs/upstox.md): its hard-coded
     ``wss://api.upstox.com`` is pointed at the simulator, which answers the Bearer upgrade
     with a 302 to a one-time URI, as Upstox does. Messages arrive as raw strings.
 
@@ -201,7 +201,7 @@ def run_up_sdk(spec: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def run_fs_sdk(spec: Dict[str, Any]) -> Dict[str, Any]:
-    """The ``firstock`` SDK's websocket (protocols/firstock.md §d): ``initialize_websockets`` with
+    """The ``firstock`` SDK's websocket (docs/firstock.md): ``initialize_websockets`` with
     a loopback config, its jKey read from ``./config.json`` (written to a temporary working
     directory); one instrument subscribed; counting ``order_data`` (one dict per message)."""
     from firstock import Firstock, FirstockWebSocket  # type: ignore[import-untyped]

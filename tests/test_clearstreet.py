@@ -1,6 +1,6 @@
 """ClearStreetFeed against ClearStreetSimulator over real sockets, plus unit tests of the adapter.
 
-The numbered tests follow the 15 edge cases of protocols/clearstreet.md §8.
+The numbered tests follow 15 edge cases of the activity stream (sequences, replays, gaps; see docs/clearstreet.md).
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ absent. How it is pointed at the simulator, and why this way:
   host ``socket.firstock.in/V2`` carries the path's first half), so the socket needs no
   patching at all. ``max_websocket_connection_retries=0`` turns off the SDK's reconnect,
   whose race with ``close_websocket`` would otherwise dial the simulator again after a test
-  (protocols/firstock.md, c.1).
+  (docs/firstock.md).
 * REST: every endpoint is a module-level constant (``firstock/Variables/enums.py``:
   ``LOGIN = 'https://api.firstock.in/V1/login'`` ...), star-imported into each module that
   posts to it, and read when the call is made. The only patch is that URL: each constant

@@ -36,7 +36,7 @@ URI; text frames, one JSON object each, which the SDK hands to its ``message`` l
 as ``str``. The SDK also sends ``Api-Version: 2.0`` on REST calls; the simulator ignores
 it and the adapter does not send it (Upstox's authorize page lists only ``Authorization``
 and ``Accept``). The SDK decodes no message, so the message *shapes* asserted here are
-the simulator's own (protocols/upstox.md, a.4), not proven by the SDK.
+the simulator's own (docs/upstox.md), not proven by the SDK.
 """
 
 from __future__ import annotations
