@@ -457,11 +457,12 @@ class IbkrSimulator(SimulatorBase):
         self.set_authenticated(False)
         return 200, {"status": True}
 
-    @staticmethod
-    def _request_url(request: HttpRequest) -> str:
-        """The URL a REST request addressed (what an OAuth signature covers)."""
+    def _request_url(self, request: HttpRequest) -> str:
+        """The URL a REST request addressed (what an OAuth signature covers), as the server
+        knows itself: not from the ``Host`` header (ibind sends ``Host: api.ibkr.com``
+        wherever it connects, ``ibind/oauth/oauth1a.py`` ``generate_oauth_headers``)."""
         query = f"?{urlencode(request.query)}" if request.query else ""
-        return f"http://{request.header('Host') or ''}{request.path}{query}"
+        return f"{self.rest_base}{request.path}{query}"
 
     def _orders_rest(self, request: HttpRequest) -> Tuple[int, Any]:
         with self.lock:
