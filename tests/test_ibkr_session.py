@@ -243,6 +243,56 @@ def test_the_handshake_carries_a_user_agent(make_feed, sim):
     assert sim.handshakes[-1]["user_agent"] == "brokerfeeds"
 
 
+def test_a_401_from_one_endpoint_of_a_live_session_is_an_error_not_a_reconnect_loop(make_feed, sim):
+    sim.route("GET", "/v1/api/iserver/account/orders", lambda r: (401, {"error": "not allowed"}))
+    feed = make_feed()
+    feed.subscribe_orders()
+    rec = Recorder(feed)
+    feed.start()
+    assert feed.wait_connected(5)
+    refused = rec.wait_for("error", lambda e: isinstance(e, AuthenticationError))
+    assert "401" in str(refused[0]) and refused[0].status == 401
+    time.sleep(0.3)
+    assert feed.stats.reconnects == 0 and feed.state == "connected" and session_errors(rec) == []
+
+
+# ----------------------------------------------------------------------------- the adapter (no I/O)
+def test_adapter_asks_for_a_session_check_when_sts_says_lost_or_competing():
+    from brokerfeeds.brokers.ibkr import IbkrProtocol
+    from brokerfeeds.protocol import NotReady, Ready, Refresh
+
+    protocol = IbkrProtocol(can_refresh=True)
+    out = protocol.on_frame(b'{"topic":"sts","args":{"authenticated":true}}', True, 0.0)
+    assert any(isinstance(o, Ready) for o in out) and not any(isinstance(o, Refresh) for o in out)
+    out = protocol.on_frame(b'{"topic":"sts","args":{"authenticated":false}}', True, 1.0)
+    assert any(isinstance(o, NotReady) for o in out) and Refresh("session") in out
+    out = protocol.on_frame(b'{"topic":"sts","args":{"competing":true}}', True, 2.0)
+    assert Refresh("session") in out and any(isinstance(o, Notice) and "competing" in o.text for o in out)
+    assert Refresh("session") not in IbkrProtocol(can_refresh=False).on_frame(
+        b'{"topic":"sts","args":{"competing":true}}', True, 0.0)
+
+
+def test_adapter_warns_once_before_the_sso_session_ends_and_again_after_an_extension():
+    from brokerfeeds.brokers.ibkr import IbkrProtocol
+
+    protocol = IbkrProtocol(session_warning=60.0)
+
+    def warnings(now: float) -> List[Notice]:
+        return [o for o in protocol.maintain(now) if isinstance(o, Notice)]
+
+    protocol.session_ends(1000.0)
+    assert warnings(939.0) == []
+    [notice] = warnings(941.0)
+    assert "ends in 59 s" in notice.text and notice.raw == {"ssoExpires": 59000}
+    assert warnings(950.0) == []
+    protocol.session_ends(1000.5)  # the same end, told again by the next /tickle: no new notice
+    assert warnings(960.0) == []
+    protocol.session_ends(2000.0)  # extended
+    assert warnings(1500.0) == [] and len(warnings(1950.0)) == 1
+    protocol.session_ends(None)
+    assert warnings(5000.0) == []
+
+
 # ============================================================================= OAuth 1.0a
 @pytest.fixture(scope="module")
 def keys() -> Any:

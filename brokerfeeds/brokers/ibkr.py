@@ -1,4 +1,4 @@
-"""Interactive Brokers Client Portal (gateway) WebSocket: adapter and feed.
+"""Interactive Brokers Client Portal WebSocket (through the gateway, or OAuth 1.0a): adapter and feed.
 
 Protocol notes (see the project's protocols/ibkr.md for sources):
 
@@ -14,6 +14,26 @@ Protocol notes (see the project's protocols/ibkr.md for sources):
 * ``smd`` streams expire after 10 minutes: each is re-sent every ``quote_refresh`` s.
 * Keep-alive: ``ech+hb`` every ``heartbeat_interval`` s, REST ``/tickle`` every
   ``tickle_interval`` s; the server's ``system`` heartbeat (~10 s) proves liveness.
+* OAuth 1.0a (:mod:`brokerfeeds.brokers.ibkr_oauth`): every REST call signed with the live
+  session token; the brokerage session opened with ``POST /iserver/auth/ssodh/init``
+  ``{"publish": true, "compete": true}`` (ibind ``initialize_brokerage_session``, IBKR's
+  samples); the socket at ``wss://api.ibkr.com/v1/api/ws?oauth_token=<access token>`` with a
+  ``User-Agent`` and the cookie ``api=<session>`` (ibind ``IbkrWsClient._get_cookie`` /
+  ``_get_header``).
+
+Sessions. The brokerage session is what ``/tickle``'s ``iserver.authStatus``,
+``/iserver/auth/status`` and ``sts`` frames describe: ``authenticated``, ``competing``
+("If user already has an existing brokerage session running", IBKR's OpenAPI),
+``connected``. A gateway nobody is logged in to answers 401 (ibind's ``check_health`` reads a
+401 on ``/tickle`` as "not authenticated"). The session ends every night (IBKR's reset) and
+when another login takes it; it may come back with a new session id, which is why the feed
+tickles again before every connect and reconnects when the id changes (as ibind does). How
+long a reset lasts, whether the socket is dropped or left saying ``authenticated: false``,
+and whether REST answers 401 or ``authenticated: false`` meanwhile are not documented: the
+simulator does each (:meth:`~brokerfeeds.testing.IbkrSimulator.nightly_reset`) and the
+feed recovers from each. ``ssoExpires`` on ``/tickle`` is "the number of milliseconds until
+the current sso session expires" (IBKR's field description, as quoted by client libraries;
+published samples: 564163, 460311).
 
 Order ids. IBKR's order id is ``orderId`` on orders (``sor``, REST
 ``/iserver/account/orders``) and ``order_id`` where an execution carries it. ``order_ref`` is
@@ -77,6 +97,7 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 import time
 from collections import OrderedDict, deque
 from decimal import Decimal
@@ -243,7 +264,12 @@ class IbkrProtocol(Protocol):
     ``can_refresh``: the feed can ask REST ``/iserver/account/trades`` (a :class:`Refresh`
     of ``"trades"``, answered through :meth:`trades_from_rest`) for the order of a fill the
     order book cannot tell; a fill then waits for the answer, at most ``trade_wait`` s.
-    Without it such a fill is delivered at once with ``order_id=None``.
+    Without it such a fill is delivered at once with ``order_id=None``. It also asks the
+    feed to look at the session over REST (a :class:`Refresh` of ``"session"``) when ``sts``
+    says the session was lost or another login competes for it.
+
+    ``session_warning``: :meth:`maintain` gives a :class:`Notice` this many seconds before
+    the SSO session ends, as ``/tickle`` said (:meth:`session_ends`).
     """
 
     broker = BROKER
@@ -898,6 +924,7 @@ class IbkrFeed(Feed[IbkrProtocol]):
                                        redactor=self._redactor, logger=self._log.logger)
         self._session: Optional[str] = None
         self._socket_session: Optional[str] = None  # the session id the socket was opened with
+        self._session_lock = threading.Lock()  # the io and rest threads both watch the session
         self._outage: Optional[Tuple[str, float]] = None  # (problem, since): the session is down
         self._competing_noted = False
         self._sso_ends: Optional[float] = None
@@ -1142,10 +1169,11 @@ class IbkrFeed(Feed[IbkrProtocol]):
 
     def _session_down(self, problem: str, starting: bool) -> None:
         """The session is not usable: say so once per outage."""
-        if self._outage is not None:
-            return
-        self._outage = (problem, time.monotonic())
-        self._outages += 1
+        with self._session_lock:
+            if self._outage is not None:
+                return
+            self._outage = (problem, time.monotonic())
+            self._outages += 1
         if starting:
             text = f"waiting for the IBKR session: {problem} (checking every {self.session_poll:g} s)"
             self._log.warning("%s", text)
@@ -1157,7 +1185,8 @@ class IbkrFeed(Feed[IbkrProtocol]):
         self._report(ConnectionFailed(text))
 
     def _session_back(self) -> None:
-        outage, self._outage = self._outage, None
+        with self._session_lock:
+            outage, self._outage = self._outage, None
         if outage is not None:
             text = f"IBKR session is back after {time.monotonic() - outage[1]:.0f} s"
             self._log.info("%s", text)
@@ -1166,14 +1195,16 @@ class IbkrFeed(Feed[IbkrProtocol]):
     def _note_competing(self, status: Optional[Mapping[str, Any]]) -> None:
         """Report a competing login once per episode."""
         competing = _competing(status)
-        if competing and not self._competing_noted:
+        with self._session_lock:
+            news = competing and not self._competing_noted
+            if status is not None:
+                self._competing_noted = competing
+        if news:
             action = ("taking the session back (compete=True)" if self.compete
                       else "waiting for it to end (compete=True would take the session back)")
             text = f"another login holds the IBKR brokerage session (competing): {action}"
             self._log.warning("%s", text)
             self._notice(text)
-        if status is not None:
-            self._competing_noted = competing
 
     def _notice(self, text: str) -> None:
         self._apply(lambda protocol: [Notice(broker=BROKER, kind="status", text=text, raw=None)])
