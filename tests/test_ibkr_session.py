@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import base64
-import logging
 import subprocess
 import sys
 import time
