@@ -36,7 +36,12 @@ class ConnectionFailed(BrokerFeedsError):
 
 
 class AuthenticationError(BrokerFeedsError):
-    """The broker rejected our credentials; the feed stops rather than retry in a loop."""
+    """The broker rejected our credentials; the feed stops rather than retry in a loop.
+
+    ``status`` is the HTTP status (401 or 403) when a REST call was refused, else None.
+    """
+
+    status: Optional[int] = None
 
 
 class SessionLimitError(AuthenticationError):

@@ -79,7 +79,7 @@ class _Adapter(HTTPAdapter):
 class RestClient:
     """Calls a broker's REST API under ``base_url`` and returns decoded JSON.
 
-    HTTP 401/403 raise :class:`AuthenticationError`; 429, and 503 with a
+    HTTP 401/403 raise :class:`AuthenticationError` (``status`` set); 429, and 503 with a
     ``Retry-After`` header, :class:`RateLimited` (``retry_after`` in seconds, from a
     number or an HTTP date); other failures :class:`ConnectionFailed` (``status`` set for
     HTTP errors); undecodable bodies :class:`ProtocolError`. Network failures name the
@@ -150,7 +150,9 @@ class RestClient:
             detail = self._detail(response)
             message = self._redactor.redact(f"{what} returned HTTP {status}{detail}")
             if status in (401, 403):
-                raise AuthenticationError(message)
+                refused = AuthenticationError(message)
+                refused.status = status
+                raise refused
             header = response.headers.get("Retry-After")
             if status == 429 or (status == 503 and header is not None):
                 limited = RateLimited(message, parse_retry_after(header))

@@ -27,7 +27,7 @@ def make_feed(sim: IbkrSimulator) -> Iterator[Callable[..., IbkrFeed]]:
 
     def make(**kwargs: Any) -> IbkrFeed:
         options = dict(url=sim.url, rest_url=sim.rest_url, heartbeat_interval=0.5, stale_after=1.0,
-                       reconnect=FAST_RECONNECT)
+                       reconnect=FAST_RECONNECT, session_poll=0.1)
         options.update(kwargs)
         feed = IbkrFeed(**options)  # type: ignore[arg-type]
         feeds.append(feed)

@@ -201,6 +201,30 @@ def test_expired_lst_is_renewed_silently(ibkr: OAuthHttp, rest: RestClient) -> N
     assert session.live_session_token() != first
 
 
+def test_a_refusal_of_an_older_lst_keeps_the_newer_one(ibkr: OAuthHttp, rest: RestClient) -> None:
+    """Two calls refused at once (two feed threads): one renewal, not two."""
+    session = new_session(ibkr)
+    session.request(rest, "POST", "tickle")
+    _headers, generation = session._sign("POST", f"{rest.base_url}/tickle", None, None)
+    ibkr.oauth.expire_live_session_tokens()
+    session.request(rest, "POST", "tickle")  # refused, renewed: generation + 1
+    session.invalidate(generation)  # the other thread's refusal, of the old LST: ignored
+    session.request(rest, "GET", "portfolio/accounts")
+    assert session.renewals == 2 and ibkr.oauth.lst_issued == 2
+    session.invalidate()  # without a generation: always
+    session.request(rest, "GET", "portfolio/accounts")
+    assert session.renewals == 3
+
+
+def test_a_403_is_not_taken_for_a_refused_lst(ibkr: OAuthHttp, rest: RestClient) -> None:
+    session = new_session(ibkr)
+    session.request(rest, "POST", "tickle")
+    session.user_agent = ""  # IBKR requires a User-Agent: our IBKR answers 403
+    with pytest.raises(AuthenticationError, match="403") as caught:
+        session.request(rest, "POST", "tickle")
+    assert caught.value.status == 403 and ibkr.oauth.lst_issued == 1  # no renewal for a 403
+
+
 def test_lst_is_renewed_before_it_expires(keys: OAuthTestKeys) -> None:
     with OAuthHttp(IbkrOAuthServer(keys, lst_lifetime=3600.0, timestamp_tolerance=None)) as ibkr:
         session = new_session(ibkr, renew_margin=600.0)

@@ -501,9 +501,16 @@ class OAuthSession:
             self.renew(moment)
             return True
 
-    def invalidate(self) -> None:
-        """Forget the LST (IBKR refused it): the next :meth:`sign` obtains a new one."""
+    def invalidate(self, generation: Optional[int] = None) -> None:
+        """Forget the LST (IBKR refused it): the next :meth:`sign` obtains a new one.
+
+        ``generation`` (the value of :attr:`renewals` when the refused call was signed):
+        forget it only if no newer LST was obtained since, so that two calls refused at
+        once (another thread's call renewed already) cost one renewal, not two.
+        """
         with self._lock:
+            if generation is not None and generation != self.renewals:
+                return
             self._lst = None
             self._expires_at = None
 
@@ -578,16 +585,22 @@ class OAuthSession:
              now: Optional[float] = None) -> Dict[str, str]:
         """The headers (``Authorization``, ``User-Agent``) for one request to ``url`` with
         query ``params``, renewing the LST first when needed."""
+        return self._sign(method, url, params, now)[0]
+
+    def _sign(self, method: str, url: str, params: Optional[Mapping[str, Any]],
+              now: Optional[float]) -> Tuple[Dict[str, str], int]:
+        """:meth:`sign`'s headers and the generation of the LST that signed them."""
         with self._lock:
             moment = self._clock() if now is None else now
             self.ensure_fresh(moment)
             assert self._lst is not None
-            lst = self._lst
+            lst, generation = self._lst, self.renewals
         signed_url, query = signed_url_and_params(url, params, self.query_signing)
         oauth = self._oauth_params("HMAC-SHA256", moment)
         oauth["oauth_signature"] = hmac_sha256_signature(
             base_string(method, signed_url, [*oauth.items(), *query]), lst)
-        return {"Authorization": authorization_header(oauth, self.credentials.realm), "User-Agent": self.user_agent}
+        headers = {"Authorization": authorization_header(oauth, self.credentials.realm), "User-Agent": self.user_agent}
+        return headers, generation
 
     @staticmethod
     def refused(status: Optional[int], body: Any = None) -> bool:
@@ -602,15 +615,14 @@ class OAuthSession:
         call retried once (a second refusal raises)."""
         url = f"{rest.base_url}/{path.lstrip('/')}"
         for attempt in (0, 1):
-            headers = self.sign(method, url, params)
+            headers, generation = self._sign(method, url, params, None)
             try:
                 return rest.request(method, path, params=params, json=json, headers=headers)
             except AuthenticationError as exc:
-                status = getattr(exc, "status", None)
-                if attempt or not (status is None or self.refused(status)):
+                if attempt or not (exc.status is None or self.refused(exc.status)):
                     raise
                 self._log.info("IBKR refused a signed call: renewing the live session token")
-                self.invalidate()
+                self.invalidate(generation)
         raise AssertionError("unreachable")  # pragma: no cover
 
     # ----------------------------------------------------------------- websocket

