@@ -1,0 +1,799 @@
+"""The publisher: a feed's events appended to Redis Streams, off the feed's I/O thread.
+
+How an event travels
+--------------------
+``publish(event)`` runs on the feed thread that produced the event (the I/O thread, under
+the feed's adapter lock): it appends the event object to an in-memory queue and, only if
+the publisher thread sleeps, wakes it. Nothing else: no encoding, no socket, no lock.
+
+The publisher's own thread (``brokerfeeds-<name>-publish``) takes events off that queue,
+encodes each one once into a complete, ready-to-send ``XADD`` command (the event's JSON
+form plus the run id and the next sequence number), and writes them to Redis in
+pipelined batches: one ``sendall`` per batch, then one reply per entry. The replies say
+which entries Redis took; a connection that breaks mid-batch leaves the rest *uncertain*
+(Redis may have applied them before the reply was lost). After reconnecting, the
+publisher reads the newest entries of the streams concerned and drops from its retry
+whatever Redis already holds (same run id and sequence number), so a retry does not
+append duplicates; consumers de-duplicate by ``(run, seq)`` anyway
+(:class:`~brokerfeeds.bus.RedisEvents`), for the case this check cannot see.
+
+Entry format
+------------
+Every entry has four fields: ``run`` (a random id, new at every start of the publisher,
+i.e. every run of its feed), ``type`` (the JSON ``"type"`` of the event: ``"order"``,
+``"trade"``, ...), ``seq`` (1, 2, 3... within the run, in the order the feed produced the
+events) and ``event`` (the JSON form, :func:`brokerfeeds.events.to_json`). Account events go
+to ``stream.format(broker=..., account=...)`` (``"_"`` for an event without an account),
+quotes (only with ``quotes=True``) to ``quote_stream``. Each ``XADD`` carries
+``MAXLEN ~ maxlen`` (exactly ``maxlen`` with ``approximate=False``; no trimming with None).
+
+While Redis is unreachable
+--------------------------
+Events wait, encoded (the event objects are released), in a buffer of at most
+``max_buffer`` events; they are published in order once Redis is back. The outage is
+reported once (log and ``on_error``). Under pressure quotes go first: quotes are always
+coalesced to the newest per instrument while they wait, and once the buffer is full every
+waiting quote is dropped before any account event is. Then the *oldest* account events
+are dropped (orders are full snapshots: the newest state matters most): the first drop is
+logged at once, and the count is reported once to ``on_error`` as :class:`BusDropped`
+when Redis is back (or at ``stop()``). Nothing is ever dropped silently; ``stats`` counts
+everything.
+
+Stopping
+--------
+``stop(timeout)`` (or the feed's ``stop()``, for a publisher attached with
+``feed.add_publisher``) publishes what waits while time remains, then drops the rest,
+logging and reporting how many events could not be published and why.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+import uuid
+from collections import deque
+from typing import Any, Callable, Deque, Dict, List, Optional, Set, Tuple
+
+import attrs
+
+from .. import events as ev
+from ..dispatch import CallbackRegistry
+from ..errors import BrokerFeedsError
+from ..reconnect import Backoff, ReconnectPolicy
+from ..redact import safe_repr, safe_str
+from ._common import (
+    DEFAULT_QUOTE_STREAM,
+    DEFAULT_STREAM,
+    DEFAULT_URL,
+    F_EVENT,
+    F_RUN,
+    F_SEQ,
+    F_TYPE,
+    NO_ACCOUNT,
+    BusAuthenticationError,
+    BusConnectionFailed,
+    BusDropped,
+    BusError,
+    Endpoint,
+    check_template,
+    redis,
+)
+
+__all__ = ["RedisPublisher", "PublisherStats", "DEFAULT_MAXLEN", "DEFAULT_MAX_BUFFER"]
+
+#: Default ``maxlen`` of every stream (approximate trimming).
+DEFAULT_MAXLEN = 1_000_000
+#: Default number of events that may wait while Redis is unreachable.
+DEFAULT_MAX_BUFFER = 1_000_000
+
+_monotonic = time.monotonic
+_Quote = ev.Quote
+_NETWORK_ERRORS = (redis.ConnectionError, redis.TimeoutError, OSError)
+_STATES = ("idle", "connecting", "connected", "disconnected", "stopped")
+
+
+@attrs.frozen(slots=True, kw_only=True)
+class PublisherStats:
+    """A snapshot of a publisher's counters (``publisher.stats``).
+
+    ``published``: entries Redis acknowledged. ``pending``: events waiting now (encoded or
+    not). ``dropped``: account events dropped because the buffer was full while Redis was
+    unreachable; ``quotes_dropped`` / ``quotes_coalesced``: the same for quotes / quotes
+    replaced by a newer one of the same instrument while waiting. ``unflushed_at_stop``:
+    events still waiting when a ``stop()`` deadline passed. ``rejected``: entries Redis
+    refused for good (the stream key holds another type). ``unencodable``: events with no
+    JSON form. ``connects`` / ``outages``: connections made / lost or failed.
+    """
+
+    state: str
+    run_id: Optional[str]
+    published: int
+    pending: int
+    dropped: int
+    quotes_dropped: int
+    quotes_coalesced: int
+    unflushed_at_stop: int
+    rejected: int
+    unencodable: int
+    connects: int
+    outages: int
+    duplicates_avoided: int
+
+
+class _Run:
+    """One run of the publisher thread (``start()`` to ``stop()``)."""
+
+    __slots__ = ("run_id", "stopping", "deadline", "thread", "finished", "complete", "abandoned")
+
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+        self.stopping = False
+        self.deadline = float("inf")
+        self.thread: Optional[threading.Thread] = None
+        self.finished = threading.Event()
+        self.complete = True  # every event was published (set False when some were dropped at stop)
+        self.abandoned = False  # stop() gave up waiting for the thread: it must touch nothing
+
+
+class _Broken(Exception):
+    """The connection failed mid-batch; the first ``uncertain`` entries of the outbox may be in Redis."""
+
+    def __init__(self, cause: BaseException, uncertain: int) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+        self.uncertain = uncertain
+
+
+class _Refused(Exception):
+    """Redis answered some entries with an error that may pass (OOM, READONLY, NOPERM...)."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+class RedisPublisher:
+    """Publishes a feed's events to Redis Streams; attach it with ``feed.add_publisher(p)``.
+
+    ``url``: ``redis://[[user]:password@]host[:port][/db]``, ``rediss://`` (TLS) or
+    ``unix://path``. ``stream`` / ``quote_stream``: stream-name templates (``{broker}``,
+    ``{account}``). ``maxlen``: trim each stream to about that many entries (None: never
+    trim; ``approximate=False``: exactly). ``quotes``: publish quotes too (default: account
+    events only: orders, fills, positions, P&L, holdings, balances, notices and the broker
+    specific ones). ``max_buffer``: events that may wait while Redis is unreachable.
+    ``batch_size``: most entries per pipelined round trip.
+
+    Construction does no I/O; a bad URL raises ValueError at once (never showing the
+    password). One publisher may serve several feeds (its thread runs while any of them
+    does). Used alone: ``start()``, ``publish(event)``, ``stop()`` (or ``with``).
+    """
+
+    def __init__(
+        self,
+        url: str = DEFAULT_URL,
+        stream: str = DEFAULT_STREAM,
+        *,
+        maxlen: Optional[int] = DEFAULT_MAXLEN,
+        approximate: bool = True,
+        quotes: bool = False,
+        quote_stream: str = DEFAULT_QUOTE_STREAM,
+        max_buffer: int = DEFAULT_MAX_BUFFER,
+        batch_size: int = 1_000,
+        connect_timeout: float = 5.0,
+        socket_timeout: float = 5.0,
+        reconnect: Optional[ReconnectPolicy] = None,
+        name: str = "bus",
+        logger: Optional[Any] = None,
+    ) -> None:
+        check_template(stream, "stream")
+        check_template(quote_stream, "quote_stream")
+        if maxlen is not None and (not isinstance(maxlen, int) or maxlen < 1):
+            raise ValueError(f"maxlen must be a positive int or None, got {maxlen!r}")
+        if not isinstance(max_buffer, int) or max_buffer < 1:
+            raise ValueError(f"max_buffer must be a positive int, got {max_buffer!r}")
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        self.name = name
+        self._endpoint = Endpoint(url, connect_timeout=connect_timeout, socket_timeout=socket_timeout,
+                                  logger=logger, prefix=f"[{name}] ")
+        self._log = self._endpoint.log
+        #: The Redis URL, its password masked.
+        self.url = self._endpoint.shown
+        self.stream = stream
+        self.quote_stream = quote_stream
+        self.maxlen = maxlen
+        self.approximate = approximate
+        self.quotes = quotes
+        self.max_buffer = max_buffer
+        self.batch_size = batch_size
+        self.reconnect_policy = reconnect or ReconnectPolicy(initial=0.1, maximum=5.0)
+        self._trim: List[bytes] = [] if maxlen is None else \
+            [b"MAXLEN", b"~" if approximate else b"=", str(maxlen).encode()]
+        # Producer side (feed threads): append only. Consumer side: the publisher thread.
+        self._incoming: Deque[ev.Event] = deque()
+        self._sleeping = False
+        self._wake = threading.Event()
+        # The publisher thread's own (encoded entries, the quotes waiting, the entry prefixes).
+        self._outbox: Deque[bytes] = deque()
+        self._quote_box: Dict[Tuple[str, str], ev.Event] = {}
+        self._prefixes: Dict[Tuple[type, str, Optional[str]], bytes] = {}
+        self._type_names: Dict[type, bytes] = {}
+        self._uncertain = 0
+        self._inflight = 0
+        self._seq = 0
+        # Lifecycle.
+        self._lock = threading.Lock()
+        self._run: Optional[_Run] = None
+        self._users = 0
+        self._manual = False
+        self._state = "idle"
+        self._state_cond = threading.Condition()
+        self._last_error: Optional[BusError] = None
+        self._callbacks = CallbackRegistry()
+        self._reporters: Tuple[Callable[[BrokerFeedsError], None], ...] = ()
+        # Counters (each written by one thread).
+        self._published = 0
+        self._dropped_on_entry = 0  # feed threads
+        self._quotes_dropped_on_entry = 0  # feed threads
+        self._dropped_in_buffer = 0  # publisher thread
+        self._quotes_dropped = 0
+        self._quotes_coalesced = 0
+        self._drops_reported = 0
+        self._drop_warned = False
+        self._unflushed_at_stop = 0
+        self._rejected = 0
+        self._unencodable = 0
+        self._unencodable_types: Set[type] = set()
+        self._connects = 0
+        self._outages = 0
+        self._duplicates_avoided = 0
+
+    # ================================================================ the producer side
+    def publish(self, event: ev.Event) -> None:
+        """Queue ``event`` for Redis. Never blocks and never raises; safe from any thread.
+
+        Quotes are ignored unless the publisher was made with ``quotes=True``.
+        """
+        if event.__class__ is _Quote and not self.quotes:
+            return
+        incoming = self._incoming
+        if len(incoming) >= self.max_buffer:  # the publisher thread is far behind: drop here
+            if event.__class__ is _Quote:
+                self._quotes_dropped_on_entry += 1
+            else:
+                self._dropped_on_entry += 1
+            return
+        incoming.append(event)
+        if self._sleeping:
+            self._wake.set()
+
+    # ================================================================ hooks for Feed.add_publisher
+    def feed_attached(self, report: Callable[[BrokerFeedsError], None]) -> None:
+        """Called by ``feed.add_publisher``: report errors through the feed too (its log and
+        ``on_error``)."""
+        self._reporters = self._reporters + (report,)
+
+    def feed_started(self) -> None:
+        """Called by a feed's ``start()``: the publisher runs while any of its feeds does."""
+        with self._lock:
+            self._users += 1
+            self._start_locked()
+
+    def feed_stopping(self, deadline: float) -> None:
+        """Called by a feed's ``stop()`` once that feed produces no more events: the last
+        feed using the publisher makes it publish what waits until ``deadline``
+        (``time.monotonic()``), then stop. Returns at once."""
+        with self._lock:
+            if self._users > 0:
+                self._users -= 1
+            if self._users == 0 and not self._manual:
+                self._begin_stop(deadline)
+
+    def feed_stopped(self, deadline: float) -> bool:
+        """Called by a feed's ``stop()`` after :meth:`feed_stopping`: wait (until ``deadline``)
+        for the publisher to finish; True if every event was published (or the publisher
+        keeps running for another feed)."""
+        run = self._run
+        if run is None or not run.stopping:
+            return True
+        return self._finish_stop(run, deadline)
+
+    # ================================================================ public: lifecycle
+    def start(self) -> "RedisPublisher":
+        """Start the publisher thread (idempotent). A feed does this itself (``add_publisher``)."""
+        with self._lock:
+            self._manual = True
+            self._start_locked()
+        return self
+
+    def stop(self, timeout: float = 5.0) -> bool:
+        """Publish what waits for at most ``timeout`` seconds, then stop.
+
+        Returns True if every event was published. Otherwise the rest is dropped: logged
+        with the count and the reason, reported to ``on_error`` (:class:`BusDropped`) and
+        counted in ``stats.unflushed_at_stop``. Idempotent; safe from any thread.
+        """
+        deadline = _monotonic() + max(0.0, timeout)
+        with self._lock:
+            self._users = 0
+            self._manual = False
+            run = self._begin_stop(deadline)
+        if run is None:
+            return True
+        return self._finish_stop(run, deadline)
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Wait until everything published so far is in Redis (True), or ``timeout`` passes."""
+        deadline = _monotonic() + timeout
+        while self.pending:
+            if _monotonic() >= deadline or self._run is None or self._run.finished.is_set():
+                return not self.pending
+            time.sleep(0.005)
+        return True
+
+    def wait_connected(self, timeout: Optional[float] = None) -> bool:
+        """Block until connected to Redis (True) or ``timeout`` passes (False).
+
+        Raises :class:`BusAuthenticationError` if Redis refused the credentials (the
+        publisher keeps buffering and retrying, slowly, in case they are fixed).
+        """
+        deadline = None if timeout is None else _monotonic() + timeout
+        with self._state_cond:
+            while self._state != "connected":
+                if isinstance(self._last_error, BusAuthenticationError):
+                    raise self._last_error
+                if self._state in ("idle", "stopped"):
+                    return False
+                remaining = None if deadline is None else deadline - _monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._state_cond.wait(remaining)
+        return True
+
+    @property
+    def state(self) -> str:
+        """``"idle"``, ``"connecting"``, ``"connected"``, ``"disconnected"`` or ``"stopped"``."""
+        return self._state
+
+    @property
+    def run_id(self) -> Optional[str]:
+        """The id of the current run (in every entry's ``run`` field), None before ``start()``."""
+        run = self._run
+        return run.run_id if run is not None else None
+
+    @property
+    def error(self) -> Optional[BusError]:
+        """The last connection error (None once connected again)."""
+        return self._last_error
+
+    @property
+    def pending(self) -> int:
+        """Events not yet acknowledged by Redis (queued, encoded or in flight)."""
+        return len(self._incoming) + len(self._outbox) + len(self._quote_box) + self._inflight
+
+    @property
+    def stats(self) -> PublisherStats:
+        """Counters: published, pending, dropped, ..."""
+        return PublisherStats(
+            state=self._state,
+            run_id=self.run_id,
+            published=self._published,
+            pending=self.pending,
+            dropped=self._dropped_on_entry + self._dropped_in_buffer,
+            quotes_dropped=self._quotes_dropped + self._quotes_dropped_on_entry,
+            quotes_coalesced=self._quotes_coalesced,
+            unflushed_at_stop=self._unflushed_at_stop,
+            rejected=self._rejected,
+            unencodable=self._unencodable,
+            connects=self._connects,
+            outages=self._outages,
+            duplicates_avoided=self._duplicates_avoided,
+        )
+
+    def on_error(self, fn: Callable[[BrokerFeedsError], Any]) -> Callable[[BrokerFeedsError], Any]:
+        """Call ``fn(error)`` for every problem (on the publisher's thread). A publisher
+        attached to a feed also reports to the feed's ``on_error``."""
+        self._callbacks.add("error", fn)
+        return fn
+
+    def remove_callback(self, fn: Callable[..., Any]) -> bool:
+        """Unregister ``fn``; True if it was registered."""
+        return self._callbacks.remove(fn)
+
+    def __enter__(self) -> "RedisPublisher":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return f"RedisPublisher(url={self.url!r}, stream={self.stream!r}, state={self._state!r})"
+
+    # ================================================================ lifecycle internals
+    def _start_locked(self) -> None:
+        run = self._run
+        if run is not None and not run.stopping:
+            return
+        run = _Run(uuid.uuid4().hex[:16])
+        self._run = run
+        self._seq = 0
+        self._prefixes.clear()
+        self._uncertain = 0
+        self._last_error = None
+        self._set_state("connecting", restart=True)
+        run.thread = threading.Thread(target=self._serve, args=(run,), name=f"brokerfeeds-{self.name}-publish",
+                                      daemon=True)
+        run.thread.start()
+
+    def _begin_stop(self, deadline: float) -> Optional[_Run]:
+        run = self._run
+        if run is None:
+            return None
+        if not run.stopping or deadline < run.deadline:
+            run.deadline = deadline
+        run.stopping = True
+        self._wake.set()
+        return run
+
+    def _finish_stop(self, run: _Run, deadline: float) -> bool:
+        thread = run.thread
+        if thread is threading.current_thread():
+            return False  # stop() from an on_error callback: the thread finishes by itself
+        run.finished.wait(max(0.0, deadline - _monotonic()))
+        if run.finished.is_set():
+            if thread is not None:
+                thread.join(max(0.0, deadline - _monotonic()))
+            return run.complete
+        # The thread is stuck in a Redis call (a stalled server): account for it here.
+        run.abandoned = True
+        self._drop_rest(run, "the publisher thread was stuck in a Redis call")
+        self._log.warning("stop(): the publisher thread did not end in time; left behind, it ends by itself "
+                          "when its current Redis call returns (within socket_timeout)")
+        self._set_state("stopped")
+        return False
+
+    def _set_state(self, state: str, restart: bool = False) -> None:
+        with self._state_cond:
+            if self._state == "stopped" and not restart:
+                return
+            self._state = state
+            self._state_cond.notify_all()
+
+    # ================================================================ the publisher thread
+    def _serve(self, run: _Run) -> None:
+        conn: Any = None
+        backoff = Backoff(self.reconnect_policy)
+        next_try = 0.0
+        outage: Optional[BusError] = None
+        try:
+            while not run.abandoned:
+                now = _monotonic()
+                connected = conn is not None and now >= next_try
+                self._drain(self.batch_size if connected else None)
+                if run.stopping and (not self.pending or now >= run.deadline):
+                    break
+                if conn is None:
+                    if now < next_try:
+                        self._nap(run, min(next_try, run.deadline) - now)
+                        continue
+                    self._set_state("connecting")
+                    try:
+                        conn = self._endpoint.connection()
+                        if self._uncertain:
+                            self._reconcile(conn, run)
+                    except (BusError, *_NETWORK_ERRORS, redis.RedisError) as exc:
+                        _close(conn)
+                        conn = None
+                        error = exc if isinstance(exc, BusError) else self._endpoint.error(exc)
+                        backoff = backoff.increment()
+                        auth = isinstance(error, BusAuthenticationError)
+                        next_try = _monotonic() + (self.reconnect_policy.maximum if auth else backoff.delay)
+                        if outage is None or type(outage) is not type(error):
+                            self._outages += outage is None
+                            self._report_outage(error)
+                        outage = error
+                        self._last_error = error
+                        self._set_state("disconnected")
+                        continue
+                    backoff = backoff.reset()
+                    self._connects += 1
+                    self._last_error = None
+                    if outage is not None:
+                        self._log.info("Redis at %s is reachable again: publishing %d waiting event(s)",
+                                       self.url, self.pending)
+                        outage = None
+                    self._report_drops()
+                    self._set_state("connected")
+                    continue
+                if now < next_try:  # Redis refused entries a moment ago: give it time
+                    self._nap(run, min(next_try, run.deadline) - now)
+                    continue
+                if not self._outbox and not self._quote_box:
+                    if not run.stopping:
+                        self._idle(run)
+                    continue
+                try:
+                    self._send_batch(conn)
+                except _Broken as broken:
+                    _close(conn)
+                    conn = None
+                    self._uncertain = broken.uncertain
+                    error = self._endpoint.error(broken.cause, "publish to")
+                    backoff = backoff.increment()
+                    next_try = _monotonic() + backoff.delay
+                    self._outages += 1
+                    self._report_outage(error)
+                    outage = self._last_error = error
+                    self._set_state("disconnected")
+                except _Refused as refused:
+                    backoff = backoff.increment()
+                    next_try = _monotonic() + backoff.delay
+                    if outage is None:
+                        outage = self._endpoint.error(refused.cause, "publish to")
+                        self._report(BusError(f"Redis at {self.url} refused events (retrying): "
+                                              f"{self._endpoint.redactor.redact(safe_str(refused.cause))}"))
+        except BaseException as exc:  # noqa: BLE001 - a bug: say so, lose nothing silently
+            self._log.error("publisher thread crashed: %s", safe_repr(exc), exc_info=exc)
+            self._report(BusError(f"internal error: the publisher thread crashed: {safe_repr(exc)}"))
+        finally:
+            _close(conn)
+            if not run.abandoned:
+                self._drop_rest(run, "Redis was unreachable" if outage is not None else "stop()'s time ran out")
+                self._report_drops()
+                self._set_state("stopped")
+            run.finished.set()
+
+    def _idle(self, run: _Run) -> None:
+        """Sleep until a feed publishes (or ``stop()``); checked again before sleeping."""
+        self._sleeping = True
+        self._wake.clear()
+        if not self._incoming and not run.stopping:
+            self._wake.wait(1.0)
+        self._sleeping = False
+
+    def _nap(self, run: _Run, seconds: float) -> None:
+        """While Redis is away: sleep (at most 50 ms, so arriving events get encoded and the
+        buffer bound holds), unless stop() wakes us."""
+        if seconds > 0 and not run.stopping:
+            self._wake.clear()
+            self._wake.wait(min(seconds, 0.05))
+
+    def _drain(self, limit: Optional[int]) -> None:
+        """Encode up to ``limit`` (None: all) queued events into the outbox; keep the bound."""
+        incoming = self._incoming
+        count = len(incoming) if limit is None else min(len(incoming), limit)
+        if count:
+            outbox_append = self._outbox.append
+            quote_box = self._quote_box
+            encode = self._encode
+            popleft = incoming.popleft
+            for _ in range(count):
+                event = popleft()
+                if event.__class__ is _Quote:
+                    key = (event.broker, event.instrument)
+                    if key in quote_box:
+                        self._quotes_coalesced += 1
+                    quote_box[key] = event
+                    continue
+                packed = encode(event)
+                if packed is not None:
+                    outbox_append(packed)
+        if len(self._outbox) + len(self._quote_box) + len(incoming) > self.max_buffer:
+            self._shed()
+
+    def _shed(self) -> None:
+        """The buffer is over ``max_buffer``: quotes go first, then the oldest account events."""
+        if self._quote_box:
+            self._quotes_dropped += len(self._quote_box)
+            self._quote_box.clear()
+        excess = len(self._outbox) + len(self._incoming) - self.max_buffer
+        if excess <= 0:
+            return
+        outbox = self._outbox
+        drop = min(excess, len(outbox))
+        for _ in range(drop):
+            outbox.popleft()
+        self._uncertain = max(0, self._uncertain - drop)
+        self._dropped_in_buffer += drop
+        if not self._drop_warned:
+            self._drop_warned = True
+            self._log.warning("the buffer is full (%d events) while Redis at %s is unreachable: dropping the "
+                              "oldest account events (the count is reported when Redis is back)",
+                              self.max_buffer, self.url)
+
+    def _encode(self, event: ev.Event) -> Optional[bytes]:
+        """``event`` as a complete XADD command, with the next sequence number."""
+        cls = event.__class__
+        account = getattr(event, "account", None)
+        key = (cls, event.broker, account)
+        prefix = self._prefixes.get(key)
+        try:
+            if prefix is None:
+                prefix = self._prefix(event, account)
+                self._prefixes[key] = prefix
+            data = ev.to_json(event)
+        except Exception as exc:  # noqa: BLE001 - an event with no JSON form must not stop the others
+            self._unencodable += 1
+            if cls not in self._unencodable_types:
+                self._unencodable_types.add(cls)
+                self._report(BusError(f"{cls.__name__} events cannot be published (no JSON form): "
+                                      f"{safe_repr(exc)}"))
+            return None
+        if isinstance(data, str):
+            data = data.encode()
+        self._seq += 1
+        seq = b"%d" % self._seq
+        return b"%s$%d\r\n%s\r\n$5\r\nevent\r\n$%d\r\n%s\r\n" % (prefix, len(seq), seq, len(data), data)
+
+    def _prefix(self, event: ev.Event, account: Optional[str]) -> bytes:
+        cls = event.__class__
+        type_name = self._type_names.get(cls)
+        if type_name is None:
+            type_name = str(ev.to_dict(event)["type"]).encode()
+            self._type_names[cls] = type_name
+        template = self.quote_stream if cls is _Quote else self.stream
+        stream = template.format(broker=event.broker, account=account or NO_ACCOUNT).encode()
+        run = self._run
+        run_id = (run.run_id if run is not None else "").encode()
+        args = [b"XADD", stream, *self._trim, b"*", F_RUN, run_id, F_TYPE, type_name, F_SEQ]
+        head = b"*%d\r\n" % (len(args) + 3)  # + the sequence number, "event" and the JSON
+        return head + b"".join(b"$%d\r\n%s\r\n" % (len(arg), arg) for arg in args)
+
+    def _send_batch(self, conn: Any) -> None:
+        """Write one pipelined batch and read its replies (raises _Broken / _Refused)."""
+        outbox = self._outbox
+        batch = [outbox.popleft() for _ in range(min(len(outbox), self.batch_size))]
+        if self._quote_box:
+            quotes, self._quote_box = self._quote_box, {}
+            for quote in quotes.values():
+                packed = self._encode(quote)
+                if packed is not None:
+                    batch.append(packed)
+        self._inflight = len(batch)
+        failed: List[bytes] = []
+        refusal: Optional[BaseException] = None
+        try:
+            try:
+                conn.send_packed_command(b"".join(batch), check_health=False)
+            except _NETWORK_ERRORS as exc:
+                outbox.extendleft(reversed(batch))
+                raise _Broken(exc, len(batch)) from None
+            read = conn.read_response
+            for index, packed in enumerate(batch):
+                try:
+                    read()
+                except redis.ResponseError as exc:
+                    if _permanent(exc):
+                        self._rejected += 1
+                        self._report(BusDropped(f"Redis at {self.url} refused an entry for good, dropped: "
+                                                f"{safe_str(exc)}", dropped=1, reason="refused"))
+                    else:
+                        failed.append(packed)
+                        refusal = refusal or exc
+                    continue
+                except _NETWORK_ERRORS as exc:
+                    rest = batch[index:]
+                    outbox.extendleft(reversed(failed + rest))
+                    self._published += index - len(failed)
+                    raise _Broken(exc, len(failed) + len(rest)) from None
+                self._published += 1
+        finally:
+            self._inflight = 0
+        if failed:
+            outbox.extendleft(reversed(failed))
+            raise _Refused(refusal or RuntimeError("refused"))
+
+    def _reconcile(self, conn: Any, run: _Run) -> None:
+        """After a connection broke mid-batch: drop from the retry what Redis already has."""
+        count = min(self._uncertain, len(self._outbox))
+        front = list(itertools.islice(self._outbox, 0, count))
+        keys = [_entry_key(packed) for packed in front]
+        per_stream: Dict[bytes, int] = {}
+        for stream, _ in keys:
+            per_stream[stream] = per_stream.get(stream, 0) + 1
+        run_id = run.run_id.encode()
+        present: Set[Tuple[bytes, bytes]] = set()
+        for stream, n in per_stream.items():
+            conn.send_command("XREVRANGE", stream, "+", "-", "COUNT", n + 100, check_health=False)
+            for _entry_id, fields in conn.read_response() or ():
+                values = dict(zip(fields[::2], fields[1::2]))
+                if values.get(F_RUN) == run_id:
+                    present.add((stream, values.get(F_SEQ, b"")))
+        keep = [packed for packed, key in zip(front, keys) if key not in present]
+        for _ in range(count):
+            self._outbox.popleft()
+        self._outbox.extendleft(reversed(keep))
+        already = count - len(keep)
+        self._published += already
+        self._duplicates_avoided += already
+        self._uncertain = 0
+        if already:
+            self._log.info("%d entr%s of the interrupted batch had reached Redis: not sent again",
+                           already, "y" if already == 1 else "ies")
+
+    def _drop_rest(self, run: _Run, reason: str) -> None:
+        """At stop: drop and report whatever still waits."""
+        left = len(self._incoming) + len(self._outbox) + len(self._quote_box) + self._inflight
+        self._incoming.clear()
+        self._outbox.clear()
+        self._quote_box.clear()
+        self._uncertain = 0
+        if not left:
+            return
+        run.complete = False
+        self._unflushed_at_stop += left
+        self._report(BusDropped(f"stop(): {left} event(s) could not be published to Redis at {self.url} "
+                                f"({reason}): dropped", dropped=left, reason="stop"))
+
+    # ================================================================ reporting
+    def _report_outage(self, error: BusError) -> None:
+        if isinstance(error, BusAuthenticationError):
+            self._report(error)
+        else:
+            self._report(BusConnectionFailed(f"{error}; buffering events (up to {self.max_buffer:,}) and retrying"))
+
+    def _report_drops(self) -> None:
+        """Report, once, how many account events were dropped since the last report."""
+        total = self._dropped_on_entry + self._dropped_in_buffer
+        new = total - self._drops_reported
+        self._drop_warned = False
+        if new <= 0:
+            return
+        self._drops_reported = total
+        self._report(BusDropped(f"{new} account event(s) were dropped: the buffer of {self.max_buffer:,} events "
+                                f"was full while Redis at {self.url} was unreachable", dropped=new, reason="buffer"))
+
+    def _report(self, error: BrokerFeedsError) -> None:
+        """Log ``error`` (or let the feeds it is attached to log it) and pass it to ``on_error``."""
+        self._endpoint.redactor.redact_error(error)
+        if self._reporters:
+            for report in self._reporters:
+                try:
+                    report(error)
+                except Exception:  # noqa: BLE001 - reporting must not take the thread down
+                    pass
+        else:
+            self._log.warning("%s: %s", type(error).__name__, safe_str(error))
+        for fn in self._callbacks.get("error"):
+            try:
+                fn(error)
+            except Exception as exc:  # noqa: BLE001 - user code
+                self._log.error("on_error callback %s raised %s", safe_repr(fn), safe_repr(exc))
+
+
+def _permanent(exc: BaseException) -> bool:
+    """A refusal that retrying cannot cure (the key holds another type, a bad argument)."""
+    text = str(exc)
+    return text.startswith(("WRONGTYPE", "ERR"))
+
+
+def _close(conn: Any) -> None:
+    if conn is not None:
+        try:
+            conn.disconnect()
+        except Exception:  # noqa: BLE001 - closing is best effort
+            pass
+
+
+def _entry_key(packed: bytes) -> Tuple[bytes, bytes]:
+    """The (stream, seq) of one of our encoded XADD commands."""
+    args = _resp_args(packed)
+    fields = args[args.index(b"*") + 1:]
+    values = dict(zip(fields[::2], fields[1::2]))
+    return args[1], values.get(F_SEQ, b"")
+
+
+def _resp_args(packed: bytes) -> List[bytes]:
+    """The arguments of one RESP command array (as we build them)."""
+    end = packed.index(b"\r\n")
+    count = int(packed[1:end])
+    pos = end + 2
+    out: List[bytes] = []
+    for _ in range(count):
+        end = packed.index(b"\r\n", pos)
+        size = int(packed[pos + 1:end])
+        start = end + 2
+        out.append(packed[start:start + size])
+        pos = start + size + 2
+    return out
