@@ -273,6 +273,7 @@ class Feed(abc.ABC, Generic[P]):
         self._refresh_pending: Set[str] = set()
         self._refresh_last: Dict[str, float] = {}
         self._publishers: Tuple[EventPublisher, ...] = ()
+        self._publishing: Tuple[EventPublisher, ...] = ()  # started for the current run
         # Lifecycle.
         self._state = "idle"
         self._state_cond = threading.Condition()
@@ -361,6 +362,7 @@ class Feed(abc.ABC, Generic[P]):
         publisher.feed_attached(self._report)
         self._publishers = self._publishers + (publisher,)
         if self._state not in ("idle", "stopped"):
+            self._publishing = self._publishing + (publisher,)
             publisher.feed_started()
         return publisher
 
@@ -436,7 +438,8 @@ class Feed(abc.ABC, Generic[P]):
                                               lambda exc: self._thread_crashed("rest", exc))
             self._scheduler = run.scheduler
             self._supervisor = run.supervisor = Supervisor(self, run)
-            for publisher in self._publishers:
+            self._publishing = self._publishers
+            for publisher in self._publishing:
                 publisher.feed_started()
             lifecycle.running.add(self)
             if run.scheduler is not None:
@@ -878,8 +881,10 @@ class Feed(abc.ABC, Generic[P]):
         self._settle(run, "by the stop deadline")
 
     def _stop_publishers(self, run: "Run") -> None:
-        """The run produces no more events: publishers publish what waits by its deadline."""
-        for publisher in self._publishers:
+        """The run produces no more events: publishers publish what waits by its deadline
+        (once per run: a publisher may serve other feeds, and counts them)."""
+        publishing, self._publishing = self._publishing, ()
+        for publisher in publishing:
             publisher.feed_stopping(run.deadline)
 
     def _publishers_stopped(self, deadline: float) -> bool:

@@ -117,10 +117,8 @@ def entry_json(entry: "BusEntry") -> str:
     """One JSON object: ``stream``, ``id``, ``run``, ``seq`` and ``event`` (the JSON form)."""
     from ..events import to_json
 
-    data = to_json(entry.event)
-    text = data.decode() if isinstance(data, bytes) else data
     head = json.dumps({"stream": entry.stream, "id": entry.id, "run": entry.run, "seq": entry.seq})
-    return head[:-1] + ', "event": ' + text + "}"
+    return head[:-1] + ', "event": ' + to_json(entry.event) + "}"
 
 
 # ====================================================================== watch --publish

@@ -90,7 +90,8 @@ DEFAULT_MAX_BUFFER = 1_000_000
 _monotonic = time.monotonic
 _Quote = ev.Quote
 _NETWORK_ERRORS = (redis.ConnectionError, redis.TimeoutError, OSError)
-_STATES = ("idle", "connecting", "connected", "disconnected", "stopped")
+#: The JSON "type" of each event class (the ``type`` field of every entry).
+_TYPE_NAMES: Dict[type, bytes] = {cls: name.encode() for name, cls in ev.EVENT_TYPES.items()}
 
 
 @attrs.frozen(slots=True, kw_only=True)
@@ -218,7 +219,6 @@ class RedisPublisher:
         self._outbox: Deque[bytes] = deque()
         self._quote_box: Dict[Tuple[str, str], ev.Event] = {}
         self._prefixes: Dict[Tuple[type, str, Optional[str]], bytes] = {}
-        self._type_names: Dict[type, bytes] = {}
         self._uncertain = 0
         self._inflight = 0
         self._seq = 0
@@ -612,7 +612,7 @@ class RedisPublisher:
             if prefix is None:
                 prefix = self._prefix(event, account)
                 self._prefixes[key] = prefix
-            data = ev.to_json(event)
+            data = ev.to_json(event).encode()  # ASCII-only text
         except Exception as exc:  # noqa: BLE001 - an event with no JSON form must not stop the others
             self._unencodable += 1
             if cls not in self._unencodable_types:
@@ -620,18 +620,15 @@ class RedisPublisher:
                 self._report(BusError(f"{cls.__name__} events cannot be published (no JSON form): "
                                       f"{safe_repr(exc)}"))
             return None
-        if isinstance(data, str):
-            data = data.encode()
         self._seq += 1
         seq = b"%d" % self._seq
         return b"%s$%d\r\n%s\r\n$5\r\nevent\r\n$%d\r\n%s\r\n" % (prefix, len(seq), seq, len(data), data)
 
     def _prefix(self, event: ev.Event, account: Optional[str]) -> bytes:
         cls = event.__class__
-        type_name = self._type_names.get(cls)
+        type_name = _TYPE_NAMES.get(cls)
         if type_name is None:
-            type_name = str(ev.to_dict(event)["type"]).encode()
-            self._type_names[cls] = type_name
+            raise TypeError(f"{cls.__name__} has no JSON form")
         template = self.quote_stream if cls is _Quote else self.stream
         stream = template.format(broker=event.broker, account=account or NO_ACCOUNT).encode()
         run = self._run
@@ -655,7 +652,7 @@ class RedisPublisher:
         refusal: Optional[BaseException] = None
         try:
             try:
-                conn.send_packed_command(b"".join(batch), check_health=False)
+                conn.send_packed_command([b"".join(batch)], check_health=False)
             except _NETWORK_ERRORS as exc:
                 outbox.extendleft(reversed(batch))
                 raise _Broken(exc, len(batch)) from None
