@@ -12,6 +12,7 @@ import datetime as dt
 import json
 import logging
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -329,6 +330,134 @@ def test_redis_killed_and_restarted_mid_stream_loses_nothing_and_delivers_no_dup
     stream_len = client(redis_server).xlen(f"{prefix}:sim:ACC1")
     assert stream_len - count == publisher.stats.published - count >= 0  # copies in Redis, if any, were not delivered
     assert consumer.stats.duplicates == stream_len - count
+
+
+class CuttingProxy:
+    """A TCP proxy to Redis that can swallow Redis's replies and then cut the connection:
+    what a publisher sees when a connection breaks after Redis applied a batch but before
+    the replies arrived."""
+
+    def __init__(self, port: int) -> None:
+        self.upstream = port
+        self.swallow = False
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(8)
+        self.port = self.listener.getsockname()[1]
+        self.pairs: List[Tuple[socket.socket, socket.socket]] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client_sock, _ = self.listener.accept()
+            except OSError:
+                return
+            server_sock = socket.create_connection(("127.0.0.1", self.upstream))
+            self.pairs.append((client_sock, server_sock))
+            threading.Thread(target=self._pump, args=(client_sock, server_sock, False), daemon=True).start()
+            threading.Thread(target=self._pump, args=(server_sock, client_sock, True), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, replies: bool) -> None:
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                if not (replies and self.swallow):
+                    dst.sendall(data)
+        except OSError:
+            pass
+        for sock in (src, dst):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def cut(self) -> None:
+        for client_sock, server_sock in self.pairs:
+            for sock in (client_sock, server_sock):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+        self.pairs = []
+        self.swallow = False
+
+    def close(self) -> None:
+        self.cut()
+        self.listener.close()
+
+
+def test_a_batch_cut_off_before_its_replies_is_not_appended_twice(redis_server, prefix):
+    proxy = CuttingProxy(redis_server.port)
+    stream = f"{prefix}:sim:ACC1"
+    r = client(redis_server)
+    publisher = RedisPublisher(f"redis://127.0.0.1:{proxy.port}/0", f"{prefix}:{{broker}}:{{account}}",
+                               reconnect=QUICK, socket_timeout=5.0)
+    try:
+        with publisher:
+            for n in range(100):
+                publisher.publish(order(n))
+            assert publisher.flush(5)
+            proxy.swallow = True  # Redis applies the next batch; its replies never arrive
+            for n in range(100, 200):
+                publisher.publish(order(n))
+            wait_until(lambda: r.xlen(stream) == 200)
+            proxy.cut()
+            assert publisher.flush(10)
+            stats = publisher.stats
+    finally:
+        proxy.close()
+    assert r.xlen(stream) == 200  # the retry found them in Redis and sent none again
+    assert stats.duplicates_avoided == 100 and stats.published == 200 and stats.outages == 1
+    assert [int(e[1][b"seq"]) for e in r.xrange(stream)] == list(range(1, 201))
+
+
+def test_a_stalled_redis_never_blocks_the_feed_nor_its_stop(redis_server, prefix, caplog):
+    caplog.set_level(logging.WARNING, logger="brokerfeeds")
+    proxy = CuttingProxy(redis_server.port)
+    try:
+        with IbkrSimulator(hb_interval=0.2) as sim:
+            feed = IbkrFeed(url=sim.url, rest_url=sim.rest_url, heartbeat_interval=0.5, stale_after=2.0,
+                            reconnect=FAST_RECONNECT)
+            publisher = RedisPublisher(f"redis://127.0.0.1:{proxy.port}/0", f"{prefix}:{{broker}}:{{account}}",
+                                       socket_timeout=30.0)
+            feed.add_publisher(publisher)
+            orders: List[Any] = []
+            feed.on_order(orders.append)
+            feed.subscribe_orders()
+            feed.start()
+            assert feed.wait_connected(10) and publisher.wait_connected(5)
+            proxy.swallow = True  # Redis takes the commands and never answers
+            for _ in range(3):
+                sim.place_order("AAPL", "BUY", 100, 190.10)
+            wait_until(lambda: len(orders) >= 9)  # the feed delivers while the publisher waits on Redis
+            wait_until(lambda: publisher.stats.pending >= 9)
+            started = time.monotonic()
+            assert feed.stop(0.5) is False
+            assert time.monotonic() - started < 2.0
+    finally:
+        proxy.close()  # the publisher thread left behind ends now
+    assert publisher.state == "stopped" and publisher.stats.unflushed_at_stop >= 9
+    assert "left behind" in caplog.text and "could not be published" in caplog.text
+
+
+def test_consumers_drop_the_copies_a_publisher_retry_can_leave(redis_server, prefix):
+    stream = f"{prefix}:sim:ACC1"
+    r = client(redis_server)
+    for seq in (1, 2, 3, 2, 3, 4, 4, 5):  # 2, 3 and 4 appended twice, as by a blind retry
+        r.xadd(stream, {"run": "run-a", "type": "order", "seq": seq, "event": _to_json(order(seq))})
+    r.xadd(stream, {"run": "run-b", "type": "order", "seq": 1, "event": _to_json(order(99))})  # another run
+    r.xadd(stream, {"run": "run-b", "type": "order", "seq": 2, "event": "{not json"})  # a malformed entry
+    for group in (None, "g"):
+        consumer = RedisEvents(redis_server.url, stream, group=group, start="0", block=0.1)
+        got: List[Any] = []
+        errors: List[Any] = []
+        consumer.on_entry(got.append)
+        consumer.on_error(errors.append)
+        with consumer:
+            wait_until(lambda: consumer.stats.received == 10, message=str(consumer.stats))
+        assert [(e.run, e.seq) for e in got] == [("run-a", n) for n in range(1, 6)] + [("run-b", 1)]
+        assert consumer.stats.duplicates == 3 and consumer.stats.malformed == 1
+        assert len(errors) == 1 and "ignored" in str(errors[0])
+    assert r.xpending(stream, "g")["pending"] == 0  # duplicates and the bad entry acknowledged too
 
 
 # ============================================================== consumer groups

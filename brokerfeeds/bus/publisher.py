@@ -514,10 +514,12 @@ class RedisPublisher:
                         self._idle(run)
                     continue
                 try:
-                    self._send_batch(conn)
+                    self._send_batch(conn, run)
                 except _Broken as broken:
                     _close(conn)
                     conn = None
+                    if run.abandoned:
+                        break
                     self._uncertain = broken.uncertain
                     error = self._endpoint.error(broken.cause, "publish to")
                     backoff = backoff.increment()
@@ -527,6 +529,8 @@ class RedisPublisher:
                     outage = self._last_error = error
                     self._set_state("disconnected")
                 except _Refused as refused:
+                    if run.abandoned:
+                        break
                     backoff = backoff.increment()
                     next_try = _monotonic() + backoff.delay
                     if outage is None:
@@ -637,8 +641,11 @@ class RedisPublisher:
         head = b"*%d\r\n" % (len(args) + 3)  # + the sequence number, "event" and the JSON
         return head + b"".join(b"$%d\r\n%s\r\n" % (len(arg), arg) for arg in args)
 
-    def _send_batch(self, conn: Any) -> None:
-        """Write one pipelined batch and read its replies (raises _Broken / _Refused)."""
+    def _send_batch(self, conn: Any, run: _Run) -> None:
+        """Write one pipelined batch and read its replies (raises _Broken / _Refused).
+
+        What Redis did not take goes back to the front of the outbox, unless ``stop()``
+        gave up on this thread meanwhile (it counted the batch as dropped)."""
         outbox = self._outbox
         batch = [outbox.popleft() for _ in range(min(len(outbox), self.batch_size))]
         if self._quote_box:
@@ -654,7 +661,8 @@ class RedisPublisher:
             try:
                 conn.send_packed_command([b"".join(batch)], check_health=False)
             except _NETWORK_ERRORS as exc:
-                outbox.extendleft(reversed(batch))
+                if not run.abandoned:
+                    outbox.extendleft(reversed(batch))
                 raise _Broken(exc, len(batch)) from None
             read = conn.read_response
             for index, packed in enumerate(batch):
@@ -671,14 +679,16 @@ class RedisPublisher:
                     continue
                 except _NETWORK_ERRORS as exc:
                     rest = batch[index:]
-                    outbox.extendleft(reversed(failed + rest))
+                    if not run.abandoned:
+                        outbox.extendleft(reversed(failed + rest))
                     self._published += index - len(failed)
                     raise _Broken(exc, len(failed) + len(rest)) from None
                 self._published += 1
         finally:
             self._inflight = 0
         if failed:
-            outbox.extendleft(reversed(failed))
+            if not run.abandoned:
+                outbox.extendleft(reversed(failed))
             raise _Refused(refusal or RuntimeError("refused"))
 
     def _reconcile(self, conn: Any, run: _Run) -> None:
