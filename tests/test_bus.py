@@ -525,6 +525,31 @@ def test_two_groups_each_get_every_event_and_a_group_shares_them(redis_server, p
     assert sorted(got["r1"] + got["r2"]) == list(range(1, 201)) and not set(got["r1"]) & set(got["r2"])
 
 
+def test_publishing_survives_a_flushed_script_cache_and_works_where_scripts_are_refused(redis_server, prefix):
+    r = client(redis_server)
+    user = f"u{uuid.uuid4().hex[:8]}"
+    r.acl_setuser(user, enabled=True, passwords=["+pw-1234"], keys="*", commands=["+@all", "-@scripting"])
+    urls = {"scripts": redis_server.url,
+            "no scripts": f"redis://{user}:pw-1234@127.0.0.1:{redis_server.port}/0"}
+    def scripts_run() -> int:
+        return int(r.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0))
+
+    for name, url in urls.items():
+        before = scripts_run()
+        with RedisPublisher(url, f"{prefix}:{name}:{{broker}}:{{account}}", batch_size=10) as publisher:
+            for n in range(50):
+                publisher.publish(order(n))
+            assert publisher.flush(5), name
+            r.script_flush()  # e.g. a restart: the next batch meets NOSCRIPT
+            for n in range(50, 100):
+                publisher.publish(order(n))
+            assert publisher.flush(5), name
+        seqs = [int(e[1][b"seq"]) for e in r.xrange(f"{prefix}:{name}:sim:ACC1")]
+        assert seqs == list(range(1, 101)), name
+        assert publisher.stats.outages == 0 and publisher.stats.rejected == 0
+        assert (scripts_run() > before + 5) is (name == "scripts")  # one script call per batch, or none
+
+
 # ============================================================== bounds and trimming
 def test_maxlen_trims_the_stream(redis_server, prefix):
     r = client(redis_server)
