@@ -71,6 +71,21 @@ def prefix(redis_server: RedisServer) -> str:
     return f"t{uuid.uuid4().hex[:10]}"
 
 
+@pytest.fixture
+def stop_later() -> Iterator[Callable[[Any], Any]]:
+    """``stop_later(thing)``: stop a feed, publisher or consumer after the test, even a failed one."""
+    things: List[Any] = []
+
+    def add(thing: Any) -> Any:
+        things.append(thing)
+        return thing
+
+    yield add
+    for thing in reversed(things):
+        with contextlib.suppress(Exception):
+            thing.stop(1.0)
+
+
 def client(server: RedisServer) -> Any:
     return redis.Redis.from_url(server.url)
 
@@ -95,7 +110,7 @@ def as_json(event: ev.Event) -> Any:
 
 # ============================================================== feeds of every broker, through Redis
 @contextlib.contextmanager
-def ibkr_session() -> Iterator[Tuple[Any, Callable[[], None]]]:
+def ibkr_session() -> Iterator[Tuple[Any, Callable[[], None], Callable[[], bool]]]:
     with IbkrSimulator(hb_interval=0.2) as sim:
         feed = IbkrFeed(url=sim.url, rest_url=sim.rest_url, heartbeat_interval=0.5, stale_after=2.0,
                         reconnect=FAST_RECONNECT)
@@ -110,11 +125,11 @@ def ibkr_session() -> Iterator[Tuple[Any, Callable[[], None]]]:
             sim.fill(buy, 60, 190.20)
             sim.notify("market data farm connection is OK")
 
-        yield feed, act
+        yield feed, act, lambda: sim.subscribers("sor") > 0
 
 
 @contextlib.contextmanager
-def upstox_session() -> Iterator[Tuple[Any, Callable[[], None]]]:
+def upstox_session() -> Iterator[Tuple[Any, Callable[[], None], Callable[[], bool]]]:
     with UpstoxSimulator(ping_every=0.2) as sim:
         feed = UpstoxFeed(access_token=sim.token, rest_url=sim.rest_url, ping_interval=0.2, stale_after=2.0,
                           reconnect=FAST_RECONNECT)
@@ -129,11 +144,11 @@ def upstox_session() -> Iterator[Tuple[Any, Callable[[], None]]]:
             sim.set_holding(nhpc, "NHPC", 13, 91.05)
             sim.fill(buy, 6, 92.55)
 
-        yield feed, act
+        yield feed, act, lambda: sim.subscribers("order") > 0
 
 
 @contextlib.contextmanager
-def firstock_session() -> Iterator[Tuple[Any, Callable[[], None]]]:
+def firstock_session() -> Iterator[Tuple[Any, Callable[[], None], Callable[[], bool]]]:
     with FirstockSimulator(ping_every=0.2, pong_deadline=2.0) as sim:
         feed = FirstockFeed(sim.user_id, sim.jkey, url=sim.url, rest_url=sim.rest_url, stale_after=2.0,
                             ping_interval=0.5, reconnect=FAST_RECONNECT)
@@ -144,11 +159,11 @@ def firstock_session() -> Iterator[Tuple[Any, Callable[[], None]]]:
             sim.notice("Order placed via API")
             sim.fill(buy, 6, 1395.70)
 
-        yield feed, act
+        yield feed, act, lambda: True  # order updates come without a subscription
 
 
 @contextlib.contextmanager
-def clearstreet_session() -> Iterator[Tuple[Any, Callable[[], None]]]:
+def clearstreet_session() -> Iterator[Tuple[Any, Callable[[], None], Callable[[], bool]]]:
     with ClearStreetSimulator(accounts=("100000",), hb_interval=0.5) as sim:
         feed = ClearStreetFeed(
             token_provider=ClearStreetFeed.client_credentials(sim.client_id, sim.client_secret, auth_url=sim.auth_url),
@@ -162,14 +177,15 @@ def clearstreet_session() -> Iterator[Tuple[Any, Callable[[], None]]]:
             sim.set_buying_power(amount=5000.0)
             sim.fill(buy, 60, 190.05)
 
-        yield feed, act
+        yield feed, act, lambda: sim.subscribers("100000") > 0
 
 
 SESSIONS = {"ibkr": ibkr_session, "upstox": upstox_session, "firstock": firstock_session,
             "clearstreet": clearstreet_session}
 
 
-def test_events_of_every_broker_arrive_complete_and_in_order_in_another_process(redis_server, prefix, monkeypatch):
+def test_events_of_every_broker_arrive_complete_and_in_order_in_another_process(redis_server, prefix, monkeypatch,
+                                                                                 stop_later):
     encoded_on: List[str] = []
     real_to_json = ev.to_json
 
@@ -180,7 +196,8 @@ def test_events_of_every_broker_arrive_complete_and_in_order_in_another_process(
     monkeypatch.setattr(ev, "to_json", spy)
     expected: Dict[str, List[Any]] = {}
     for broker, session in SESSIONS.items():
-        with session() as (feed, act):
+        with session() as (feed, act, ready):
+            stop_later(feed)
             publisher = RedisPublisher(redis_server.url, f"{prefix}:{{broker}}:{{account}}", reconnect=QUICK)
             assert feed.add_publisher(publisher) is publisher
             seen: List[ev.Event] = []
@@ -195,6 +212,7 @@ def test_events_of_every_broker_arrive_complete_and_in_order_in_another_process(
             feed.start()
             assert feed.wait_connected(10), broker
             assert publisher.wait_connected(5)
+            wait_until(ready, message=f"{broker}: not subscribed")
             act()
             wait_until(lambda: sum(isinstance(e, ev.Trade) for e in list(seen)) >= 2, timeout=10,
                        message=f"{broker}: fills did not arrive")
@@ -225,12 +243,13 @@ def test_events_of_every_broker_arrive_complete_and_in_order_in_another_process(
     assert client(redis_server).xlen(f"{prefix}:ibkr:DU123456") == len(expected[f"{prefix}:ibkr:DU123456"])
 
 
-def test_a_feed_stop_says_what_it_could_not_publish(caplog):
+def test_a_feed_stop_says_what_it_could_not_publish(caplog, stop_later):
     caplog.set_level(logging.WARNING, logger="brokerfeeds")
     url = f"redis://:pw-s3cret-77@127.0.0.1:{free_port()}/0"  # nothing listens there
     with IbkrSimulator(hb_interval=0.2) as sim:
         feed = IbkrFeed(url=sim.url, rest_url=sim.rest_url, heartbeat_interval=0.5, stale_after=2.0,
                         reconnect=FAST_RECONNECT)
+        stop_later(feed)
         publisher = feed.add_publisher(RedisPublisher(url, reconnect=QUICK))
         errors: List[Any] = []
         feed.on_error(errors.append)
@@ -239,6 +258,7 @@ def test_a_feed_stop_says_what_it_could_not_publish(caplog):
         feed.subscribe_orders()
         feed.start()
         assert feed.wait_connected(10)
+        wait_until(lambda: sim.subscribers("sor") > 0)
         sim.place_order("AAPL", "BUY", 100, 190.10)
         wait_until(lambda: len(orders) >= 3)
         wait_until(lambda: any(isinstance(e, BusConnectionFailed) for e in errors))
@@ -255,16 +275,18 @@ def test_a_feed_stop_says_what_it_could_not_publish(caplog):
     assert "pw-s3cret-77" not in caplog.text and all("pw-s3cret-77" not in str(e) for e in errors)
 
 
-def test_one_publisher_serves_two_feeds_and_each_run_has_its_own_run_id(redis_server, prefix):
+def test_one_publisher_serves_two_feeds_and_each_run_has_its_own_run_id(redis_server, prefix, stop_later):
     publisher = RedisPublisher(redis_server.url, f"{prefix}:{{broker}}:{{account}}", reconnect=QUICK)
     with IbkrSimulator(hb_interval=0.2, account="DU1") as sim1, IbkrSimulator(hb_interval=0.2, account="DU2") as sim2:
         feeds = [IbkrFeed(url=sim.url, rest_url=sim.rest_url, heartbeat_interval=0.5, stale_after=2.0,
                           reconnect=FAST_RECONNECT) for sim in (sim1, sim2)]
-        for feed in feeds:
+        for feed, sim in zip(feeds, (sim1, sim2)):
+            stop_later(feed)
             feed.add_publisher(publisher)
             feed.subscribe_orders()
             feed.start()
             assert feed.wait_connected(10)
+            wait_until(lambda: sim.subscribers("sor") > 0)
         first_run = publisher.run_id
         sim1.place_order("AAPL", "BUY", 1, 1.0)
         wait_until(lambda: publisher.stats.published >= 3)
@@ -275,6 +297,7 @@ def test_one_publisher_serves_two_feeds_and_each_run_has_its_own_run_id(redis_se
         assert feeds[1].stop() and publisher.state == "stopped"
         feeds[0].start()  # a new run of the feed: a new run of the publisher
         assert feeds[0].wait_connected(10) and publisher.wait_connected(5)
+        wait_until(lambda: sim1.subscribers("sor") > 0)
         sim1.place_order("AAPL", "SELL", 1, 1.0)
         r = client(redis_server)
         wait_until(lambda: any(b'"side":"SELL"' in e[1][b"event"] for e in r.xrange(f"{prefix}:ibkr:DU1")),
@@ -410,13 +433,13 @@ def test_a_batch_cut_off_before_its_replies_is_not_appended_twice(redis_server, 
     assert [int(e[1][b"seq"]) for e in r.xrange(stream)] == list(range(1, 201))
 
 
-def test_a_stalled_redis_never_blocks_the_feed_nor_its_stop(redis_server, prefix, caplog):
+def test_a_stalled_redis_never_blocks_the_feed_nor_its_stop(redis_server, prefix, caplog, stop_later):
     caplog.set_level(logging.WARNING, logger="brokerfeeds")
     proxy = CuttingProxy(redis_server.port)
     try:
         with IbkrSimulator(hb_interval=0.2) as sim:
-            feed = IbkrFeed(url=sim.url, rest_url=sim.rest_url, heartbeat_interval=0.5, stale_after=2.0,
-                            reconnect=FAST_RECONNECT)
+            feed = stop_later(IbkrFeed(url=sim.url, rest_url=sim.rest_url, heartbeat_interval=0.5,
+                                       stale_after=2.0, reconnect=FAST_RECONNECT))
             publisher = RedisPublisher(f"redis://127.0.0.1:{proxy.port}/0", f"{prefix}:{{broker}}:{{account}}",
                                        socket_timeout=30.0)
             feed.add_publisher(publisher)
@@ -425,6 +448,7 @@ def test_a_stalled_redis_never_blocks_the_feed_nor_its_stop(redis_server, prefix
             feed.subscribe_orders()
             feed.start()
             assert feed.wait_connected(10) and publisher.wait_connected(5)
+            wait_until(lambda: sim.subscribers("sor") > 0)
             proxy.swallow = True  # Redis takes the commands and never answers
             for _ in range(3):
                 sim.place_order("AAPL", "BUY", 100, 190.10)
@@ -607,7 +631,7 @@ def test_bad_urls_are_refused_at_once_without_showing_the_password():
     assert tail_main(["http://:hunter2-secret@x/0"]) == 2
 
 
-def test_a_refused_password_is_a_clear_error_without_the_password(redis_server, caplog, capsys):
+def test_a_refused_password_is_a_clear_error_without_the_password(redis_server, caplog, capsys, stop_later):
     caplog.set_level(logging.DEBUG, logger="brokerfeeds")
     user = f"u{uuid.uuid4().hex[:8]}"
     client(redis_server).acl_setuser(user, enabled=True, passwords=["+the-right-one-1"], keys="*",
@@ -630,7 +654,7 @@ def test_a_refused_password_is_a_clear_error_without_the_password(redis_server, 
     assert "refused the credentials" in capsys.readouterr().err
     assert "wrong-pass-4242" not in caplog.text and all("wrong-pass-4242" not in str(e) for e in errors)
     good = RedisEvents(f"redis://{user}:the-right-one-1@127.0.0.1:{redis_server.port}/0", "anything", block=0.1)
-    good.start()
+    stop_later(good).start()
     wait_until(lambda: good.state == "connected")
     assert good.stop()
 
