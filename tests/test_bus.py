@@ -574,6 +574,24 @@ def test_publishing_survives_a_flushed_script_cache_and_works_where_scripts_are_
         assert (scripts_run() > before + 5) is (name == "scripts")  # one script call per batch, or none
 
 
+def test_a_group_destroyed_under_its_consumer_is_created_again_without_repeating_anything(redis_server, prefix):
+    stream = f"{prefix}:sim:ACC1"
+    r = client(redis_server)
+    consumer = RedisEvents(redis_server.url, stream, group="g", start="0", block=0.1)
+    got: List[int] = []
+    consumer.on_entry(lambda entry: got.append(entry.seq))
+    with RedisPublisher(redis_server.url, f"{prefix}:{{broker}}:{{account}}") as publisher, consumer:
+        for n in range(20):
+            publisher.publish(order(n))
+        wait_until(lambda: len(got) == 20)
+        r.xgroup_destroy(stream, "g")  # its consumers' next read meets NOGROUP
+        for n in range(20, 40):
+            publisher.publish(order(n))
+        wait_until(lambda: len(got) == 40 and consumer.stats.duplicates == 20, message=str(consumer.stats))
+        time.sleep(0.2)
+    assert got == list(range(1, 41))  # the group, made again from the first entry, repeated nothing
+
+
 # ============================================================== bounds and trimming
 def test_maxlen_trims_the_stream(redis_server, prefix):
     r = client(redis_server)

@@ -40,6 +40,7 @@ refused password is fatal (:class:`~brokerfeeds.bus.BusAuthenticationError`, rai
 from __future__ import annotations
 
 import fnmatch
+import logging
 import os
 import re
 import socket
@@ -188,7 +189,7 @@ class RedisEvents:
         reconnect: Optional[ReconnectPolicy] = None,
         connect_timeout: float = 5.0,
         name: str = "bus-consumer",
-        logger: Optional[Any] = None,
+        logger: Optional[logging.Logger] = None,
     ) -> None:
         names = [streams] if isinstance(streams, str) else list(streams)
         if not names or not all(isinstance(s, str) and s for s in names):
@@ -377,6 +378,7 @@ class RedisEvents:
         conn: Any = None
         backoff = Backoff(self.reconnect_policy)
         outage = False
+        refused = ""  # the last refusal reported (each is reported once)
         try:
             while not self._stopping.is_set():
                 if conn is None:
@@ -427,11 +429,15 @@ class RedisEvents:
                     error = exc if isinstance(exc, BusError) else self._endpoint.error(exc, "read from")
                     self._report(BusConnectionFailed(f"{error}; reconnecting"))
                 except redis.ResponseError as exc:
-                    if "NOGROUP" in str(exc):  # the group vanished (a Redis restarted without its data)
+                    text = safe_str(exc)
+                    if "NOGROUP" in text:  # the group vanished (a Redis restarted without its data)
                         self._log.warning("consumer group %r is gone: creating it again", self.group)
-                        self._create_groups(conn, list(self._streams), b"0")
+                        _close(conn)
+                        conn = None  # connecting again creates the groups
                         continue
-                    self._report(BusError(f"Redis at {self.url} refused a read: {safe_str(exc)}"))
+                    if text != refused:
+                        refused = text
+                        self._report(BusError(f"Redis at {self.url} refused a read (retrying): {text}"))
                     self._stopping.wait(1.0)
         finally:
             if conn is not None and self._unread:

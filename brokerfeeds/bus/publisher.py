@@ -58,6 +58,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import logging
 import threading
 import time
 import uuid
@@ -223,7 +224,7 @@ class RedisPublisher:
         socket_timeout: float = 5.0,
         reconnect: Optional[ReconnectPolicy] = None,
         name: str = "bus",
-        logger: Optional[Any] = None,
+        logger: Optional[logging.Logger] = None,
     ) -> None:
         check_template(stream, "stream")
         check_template(quote_stream, "quote_stream")
