@@ -738,6 +738,20 @@ def test_the_json_of_every_event_kind_round_trips_through_redis(redis_server, pr
     assert [e[1][b"type"] for e in entries][:3] == [b"order", b"trade", b"position"]
 
 
+def test_tail_prints_readable_lines_and_acknowledges_what_it_printed(redis_server, prefix, capsys):
+    stream = f"{prefix}:sim:ACC1"
+    with RedisPublisher(redis_server.url, f"{prefix}:{{broker}}:{{account}}") as publisher:
+        for n in range(5):
+            publisher.publish(order(n, status=OrderStatus.FILLED if n == 2 else OrderStatus.OPEN))
+        assert publisher.flush(5)
+    assert tail_main([redis_server.url, "--stream", stream, "--group", "cli", "--start", "0", "--count", "3"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3 and all(line.startswith(f"{stream} #{n} ") for n, line in zip((1, 2, 3), lines))
+    assert "ORDER" in lines[2] and "FILLED" in lines[2] and "O2" in lines[2]
+    pending = client(redis_server).xinfo_groups(stream)[0]
+    assert pending["pending"] == 0 and pending["last-delivered-id"]  # the three were acknowledged
+
+
 # ============================================================== the example
 @pytest.mark.timeout(60)
 def test_the_fanout_example_runs_one_publisher_and_two_consumers(redis_server):

@@ -68,8 +68,11 @@ def run_tail(args: argparse.Namespace, out: Out = _stdout, err: Out = _stderr) -
         err("brokerfeeds tail: --count must be >= 1")
         return 2
     try:
+        # With --count, read no more than that at once: what a group consumer reads and does
+        # not print stays pending (for it, or for another consumer after claim_idle).
         events = RedisEvents(args.url, args.stream or ["brokerfeeds:*"], group=args.group,
-                             consumer=args.consumer, start=args.start)
+                             consumer=args.consumer, start=args.start,
+                             count=min(100, args.count) if args.count else 100)
     except ValueError as exc:
         err(f"brokerfeeds tail: {exc}")
         return 2

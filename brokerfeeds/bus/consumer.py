@@ -20,6 +20,9 @@ group remembers what was delivered and acknowledged:
   group left unacknowledged for ``claim_idle`` seconds (``XAUTOCLAIM``): that consumer
   crashed, or hangs. Keep ``claim_idle`` above your slowest callback.
 * The group is created (``XGROUP CREATE ... MKSTREAM``) at ``start`` if it does not exist.
+* Entries read (up to ``count`` at a time) but not yet delivered when the consumer stops
+  stay pending for it: taken back when it starts again under the same name, or claimed by
+  another consumer after ``claim_idle``.
 
 Delivery is at least once; duplicates are dropped by ``(run, seq)``: the run id and the
 sequence number the publisher gave every entry. Within one stream a publisher's entries
