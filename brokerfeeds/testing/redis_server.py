@@ -4,8 +4,11 @@ It runs the real server binary found on ``PATH`` (the Debian / Ubuntu package
 ``redis-server``, or a source build), on a free loopback port, with its files in a fresh
 temporary directory, and is stopped by its process id. Persistence is the append-only file
 (``appendonly yes``, ``appendfsync everysec``): Redis writes each command to the file
-before it replies, so a server killed with SIGKILL and started again on the same directory
-keeps every write it acknowledged, as a production server with AOF would.
+before it replies ("we are required to write the AOF before replying to the client": the
+comment on ``flushAppendOnlyFile`` in redis ``src/aof.c``; the fsync is what ``everysec``
+delays, and a killed process does not lose what the kernel already has), so a server killed
+with SIGKILL and started again on the same directory keeps every write it acknowledged, as
+a production server with AOF would.
 
     with RedisServer() as server:
         publisher = RedisPublisher(server.url)
