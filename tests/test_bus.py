@@ -752,6 +752,21 @@ def test_tail_prints_readable_lines_and_acknowledges_what_it_printed(redis_serve
     assert pending["pending"] == 0 and pending["last-delivered-id"]  # the three were acknowledged
 
 
+def test_the_command_line_builds_without_redis_py_and_says_how_to_get_it():
+    code = textwrap.dedent("""
+        import argparse, sys
+        sys.modules["redis"] = None  # the "redis" extra is not installed
+        from brokerfeeds.bus import cli, BusError
+        parser = cli.add_publish_arguments(cli.add_tail_arguments(argparse.ArgumentParser()))
+        assert parser.parse_args(["redis://h/0"]).publish is None
+        sys.exit(cli.tail_main(["redis://localhost:6379/0"]))
+    """)
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=30,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert result.returncode == 2, result.stderr
+    assert "pip install 'brokerfeeds[redis]'" in result.stderr
+
+
 # ============================================================== the example
 @pytest.mark.timeout(60)
 def test_the_fanout_example_runs_one_publisher_and_two_consumers(redis_server):

@@ -32,6 +32,11 @@ replay. Needs the ``redis`` extra (``pip install 'brokerfeeds[redis]'``, redis-p
 * ``brokerfeeds tail URL`` prints the events of the streams (:mod:`brokerfeeds.bus.cli`).
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from ._common import (
     DEFAULT_QUOTE_STREAM,
     DEFAULT_STREAM,
@@ -43,8 +48,14 @@ from ._common import (
     BusError,
     safe_url,
 )
-from .consumer import BusEntry, ConsumerStats, RedisEvents
-from .publisher import DEFAULT_MAX_BUFFER, DEFAULT_MAXLEN, PublisherStats, RedisPublisher
+
+if TYPE_CHECKING:  # imported on first use (below): they need redis-py, the command line does not
+    from .consumer import BusEntry, ConsumerStats, RedisEvents
+    from .publisher import DEFAULT_MAX_BUFFER, DEFAULT_MAXLEN, PublisherStats, RedisPublisher
+
+_LAZY = {"RedisPublisher": "publisher", "PublisherStats": "publisher", "DEFAULT_MAXLEN": "publisher",
+         "DEFAULT_MAX_BUFFER": "publisher", "RedisEvents": "consumer", "BusEntry": "consumer",
+         "ConsumerStats": "consumer"}
 
 __all__ = [
     "RedisPublisher",
@@ -64,3 +75,14 @@ __all__ = [
     "NO_ACCOUNT",
     "safe_url",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """The publisher and consumer classes, imported when first asked for (they need the
+    ``redis`` extra; without it, asking raises ImportError saying how to install it)."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value

@@ -1,20 +1,14 @@
-"""What the publisher and the consumers share: the URL, its secrets, errors, the entry format."""
+"""What the publisher, the consumers and the command line share: names, errors, the URL
+check, the entry format. Needs nothing but the standard library (redis-py is imported by
+:mod:`brokerfeeds.bus._redis`), so the command line can be built without the extra."""
 
 from __future__ import annotations
 
-import logging
 import urllib.parse
-from typing import Any, Optional, Tuple
+from typing import Optional, Tuple
 
 from ..errors import AuthenticationError, BrokerFeedsError, ConnectionFailed
-from ..redact import MASK, Redactor, RedactingLogger, safe_str
-
-try:
-    import redis
-    from redis.backoff import NoBackoff
-    from redis.retry import Retry
-except ImportError as _missing:  # pragma: no cover - the "redis" extra is not installed
-    raise ImportError("brokerfeeds.bus needs redis-py: pip install 'brokerfeeds[redis]'") from _missing
+from ..redact import MASK
 
 __all__ = [
     "DEFAULT_URL",
@@ -25,9 +19,9 @@ __all__ = [
     "BusConnectionFailed",
     "BusAuthenticationError",
     "BusDropped",
-    "Endpoint",
     "safe_url",
-    "redis",
+    "check_url",
+    "check_template",
 ]
 
 #: Where a publisher and a consumer connect unless told otherwise.
@@ -93,7 +87,7 @@ def safe_url(url: str) -> str:
         return "<unparsable Redis URL>"
 
 
-def _check_url(url: str) -> Tuple[str, Optional[str]]:
+def check_url(url: str) -> Tuple[str, Optional[str]]:
     """Validate a Redis URL; returns its masked form and its password (or None).
 
     Raises ValueError with a message that never contains the password.
@@ -124,68 +118,6 @@ def _check_url(url: str) -> Tuple[str, Optional[str]]:
         if key.lower() == "password":
             password = value
     return shown, password
-
-
-class Endpoint:
-    """A validated Redis URL: how it is shown (masked), its connections, its error texts.
-
-    Construction does no I/O. Every error it builds names the masked URL and never the
-    password (redis-py's own messages do not contain it either; they are masked anyway).
-    """
-
-    def __init__(self, url: str, *, connect_timeout: float, socket_timeout: Optional[float],
-                 logger: Optional[logging.Logger], prefix: str) -> None:
-        if connect_timeout <= 0:
-            raise ValueError(f"connect_timeout must be > 0, got {connect_timeout!r}")
-        if socket_timeout is not None and socket_timeout <= 0:
-            raise ValueError(f"socket_timeout must be > 0 or None, got {socket_timeout!r}")
-        self.shown, password = _check_url(url)
-        self.redactor = Redactor()
-        self.redactor.add(password)
-        self.log = RedactingLogger(logger or logging.getLogger("brokerfeeds.bus"), self.redactor, prefix=prefix)
-        try:
-            # Our own retry loops decide when to try again: redis-py retries nothing.
-            self.pool = redis.ConnectionPool.from_url(
-                url, socket_connect_timeout=connect_timeout, socket_timeout=socket_timeout,
-                retry=Retry(NoBackoff(), 0), health_check_interval=0)
-        except ValueError as exc:
-            raise ValueError(f"bad Redis URL {self.shown!r}: {self.redactor.redact(safe_str(exc))}") from None
-
-    def connection(self) -> Any:
-        """A new, connected (and authenticated) redis-py connection. Raises :class:`BusError`."""
-        try:
-            conn: Any = self.pool.make_connection()
-            conn.connect()
-            return conn
-        except redis.RedisError as exc:
-            raise self.error(exc, "connect to") from None
-
-    def client(self) -> "redis.Redis":
-        """A redis-py client on this endpoint's pool (no I/O until its first command)."""
-        return redis.Redis(connection_pool=self.pool)
-
-    def error(self, exc: BaseException, doing: str = "talk to") -> BusError:
-        """``exc`` (from redis-py or the socket) as the :class:`BusError` to report or raise."""
-        text = self.redactor.redact(safe_str(exc)) or type(exc).__name__
-        error: BusError
-        if isinstance(exc, redis.AuthenticationError) or _refused_credentials(text):
-            error = BusAuthenticationError(f"Redis at {self.shown} refused the credentials: {text}")
-        else:
-            error = BusConnectionFailed(f"cannot {doing} Redis at {self.shown}: {text}")
-        return self.redactor.redact_error(error)
-
-    def close(self) -> None:
-        """Close every connection of the pool."""
-        try:
-            self.pool.disconnect()
-        except Exception:  # noqa: BLE001 - closing is best effort
-            pass
-
-
-def _refused_credentials(text: str) -> bool:
-    upper = text.upper()
-    return "WRONGPASS" in upper or "NOAUTH" in upper or "INVALID PASSWORD" in upper or \
-        "INVALID USERNAME-PASSWORD" in upper
 
 
 def stream_name(template: str, broker: str, account: str) -> str:

@@ -1,6 +1,7 @@
 """The command-line side of the bus: ``brokerfeeds tail`` and ``brokerfeeds watch --publish``.
 
-The ``brokerfeeds`` entry point (:mod:`brokerfeeds.cli`) wires these in:
+The ``brokerfeeds`` entry point (:mod:`brokerfeeds.cli`) wires these in. This module imports
+without redis-py: building the parsers never needs the ``redis`` extra, running does.
 
 * ``brokerfeeds tail URL [--stream S]... [--group G] [--consumer C] [--start ID] [--json]
   [--count N]`` prints the events of the streams as they arrive:
@@ -62,8 +63,12 @@ def run_tail(args: argparse.Namespace, out: Out = _stdout, err: Out = _stderr) -
     """Run ``tail`` with parsed ``args``; returns the exit code (0, or 2 for a bad URL or
     refused credentials). Ctrl-C ends it with 0."""
     from ._common import BusAuthenticationError, BusConnectionFailed
-    from .consumer import RedisEvents
 
+    try:
+        from .consumer import RedisEvents
+    except ImportError as exc:  # the "redis" extra is not installed
+        err(f"brokerfeeds tail: {exc}")
+        return 2
     if args.count is not None and args.count < 1:
         err("brokerfeeds tail: --count must be >= 1")
         return 2
@@ -142,7 +147,8 @@ def attach_publisher(feed: "Feed[Any]", url: str, *, stream: Optional[str] = Non
                      out: Out = _stderr) -> "RedisPublisher":
     """Attach a :class:`RedisPublisher` for ``url`` to ``feed`` (call before ``feed.start()``).
 
-    Raises ValueError for a bad URL (the message never shows the password). Says where it
+    Raises ValueError for a bad URL (the message never shows the password), ImportError
+    (saying how to install it) without the ``redis`` extra. Says where it
     publishes through ``out``; problems (Redis unreachable, refused password, dropped
     events) reach the feed's ``on_error`` and log.
     """

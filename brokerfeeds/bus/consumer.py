@@ -67,9 +67,8 @@ from ._common import (
     BusAuthenticationError,
     BusConnectionFailed,
     BusError,
-    Endpoint,
-    redis,
 )
+from ._redis import Endpoint, redis
 
 __all__ = ["RedisEvents", "BusEntry", "ConsumerStats", "EVENT_KINDS"]
 

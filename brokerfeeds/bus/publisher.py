@@ -83,10 +83,9 @@ from ._common import (
     BusConnectionFailed,
     BusDropped,
     BusError,
-    Endpoint,
     check_template,
-    redis,
 )
+from ._redis import Endpoint, redis
 
 __all__ = ["RedisPublisher", "PublisherStats", "DEFAULT_MAXLEN", "DEFAULT_MAX_BUFFER"]
 
