@@ -34,6 +34,8 @@ Lifetime (the contract with users):
   of anything else (a bug), the feed reports it (log and ``on_error``) and stops with that
   error (``feed.error``; ``run_forever`` raises it) — never a feed that says "connected"
   while nothing is read or delivered.
+* Publishers added with ``add_publisher`` (e.g. to Redis, :mod:`brokerfeeds.bus`) run
+  while the feed does; ``stop(timeout)`` gives them the same deadline to publish what waits.
 * Secrets the feed knows (tokens, session ids, keys) are masked in every log line and in
   the message of every error it reports or raises, whoever built it, and in
   :class:`~brokerfeeds.events.Notice` text. ``raw`` (the broker's message) stays raw.
@@ -63,7 +65,9 @@ from typing import (
     Tuple,
     TypeVar,
     Union,
+    cast,
 )
+from typing import Protocol as Structural
 
 import attrs
 
@@ -95,7 +99,7 @@ from .subscriptions import SubscriptionBook
 from .supervisor import Supervisor
 from .transport import ConnectTarget, check_ws_url
 
-__all__ = ["Feed", "FeedStats", "STATES", "PeriodicJob"]
+__all__ = ["Feed", "FeedStats", "STATES", "PeriodicJob", "EventPublisher"]
 
 STATES = ("idle", "connecting", "connected", "reconnecting", "stopped")
 _monotonic = time.monotonic
@@ -114,6 +118,27 @@ ConnectHandler = TypeVar("ConnectHandler", bound=Callable[[ev.Connected], Any])
 DisconnectHandler = TypeVar("DisconnectHandler", bound=Callable[[ev.Disconnected], Any])
 ErrorHandler = TypeVar("ErrorHandler", bound=Callable[[BrokerFeedsError], Any])
 MessageHandler = TypeVar("MessageHandler", bound=Callable[[Any], Any])
+
+
+class EventPublisher(Structural):
+    """What :meth:`Feed.add_publisher` needs: something that forwards a feed's events
+    elsewhere, e.g. :class:`brokerfeeds.bus.RedisPublisher` (Redis Streams)."""
+
+    def feed_attached(self, report: Callable[[BrokerFeedsError], None]) -> None:
+        """Added to a feed: ``report(error)`` logs and passes an error to the feed's ``on_error``."""
+
+    def feed_started(self) -> None:
+        """The feed starts (before it connects)."""
+
+    def publish(self, event: ev.Event) -> None:
+        """One data event, on the feed thread that produced it, in order: must never block."""
+
+    def feed_stopping(self, deadline: float) -> None:
+        """The feed produces no more events: publish what waits until ``deadline``
+        (``time.monotonic()``). Must return at once."""
+
+    def feed_stopped(self, deadline: float) -> bool:
+        """Wait, at most until ``deadline``, for that; True if every event was published."""
 
 
 @attrs.frozen(slots=True, kw_only=True)
@@ -247,6 +272,8 @@ class Feed(abc.ABC, Generic[P]):
         self._scheduler: Optional[RestScheduler] = None
         self._refresh_pending: Set[str] = set()
         self._refresh_last: Dict[str, float] = {}
+        self._publishers: Tuple[EventPublisher, ...] = ()
+        self._publishing: Tuple[EventPublisher, ...] = ()  # started for the current run
         # Lifecycle.
         self._state = "idle"
         self._state_cond = threading.Condition()
@@ -322,6 +349,23 @@ class Feed(abc.ABC, Generic[P]):
         """Unregister ``fn`` from every kind; True if it was registered."""
         return self._callbacks.remove(fn)
 
+    def add_publisher(self, publisher: EventPublisher) -> EventPublisher:
+        """Also hand every data event to ``publisher`` (e.g. a
+        :class:`brokerfeeds.bus.RedisPublisher`, for other programs to read); returns it.
+
+        It gets the events callbacks get (quotes included; notices masked), in the same
+        order, on the feed thread that produced them, and must never block there. It runs
+        while the feed does: ``start()`` starts it, and ``stop(timeout)`` lets it publish
+        what waits within the same timeout (``stop()`` returns False if it could not).
+        Add publishers before ``start()``.
+        """
+        publisher.feed_attached(self._report)
+        self._publishers = self._publishers + (publisher,)
+        if self._state not in ("idle", "stopped"):
+            self._publishing = self._publishing + (publisher,)
+            publisher.feed_started()
+        return publisher
+
     # ================================================================ public: lifecycle
     @property
     def state(self) -> str:
@@ -394,6 +438,9 @@ class Feed(abc.ABC, Generic[P]):
                                               lambda exc: self._thread_crashed("rest", exc))
             self._scheduler = run.scheduler
             self._supervisor = run.supervisor = Supervisor(self, run)
+            self._publishing = self._publishers
+            for publisher in self._publishing:
+                publisher.feed_started()
             lifecycle.running.add(self)
             if run.scheduler is not None:
                 run.scheduler.start()  # idle until the io thread connects
@@ -421,6 +468,9 @@ class Feed(abc.ABC, Generic[P]):
         Called from one of the feed's own threads (inside a callback), it cannot wait for
         that thread: it starts the shutdown and returns False at once; the feed finishes
         stopping (within ``timeout``) as soon as the callback returns.
+
+        Publishers (:meth:`add_publisher`) publish what waits within the same ``timeout``;
+        one that could not publish everything says so itself, and makes this return False.
         """
         deadline = _monotonic() + max(0.0, timeout)
         run = self._run
@@ -445,11 +495,13 @@ class Feed(abc.ABC, Generic[P]):
         if lane is not None:
             # The io thread's last act starts this; if it is stuck, start it here.
             self._dispatcher.begin_stop(lane, run.deadline)
+        self._stop_publishers(run)
         if scheduler is not None:
             scheduler.join(max(0.0, deadline - _monotonic()))
         if lane is not None:
             self._dispatcher.finish_stop(lane, min(deadline, run.deadline))
-        return self._settle(run, f"within stop({timeout:g})")
+        published = self._publishers_stopped(min(deadline, run.deadline))
+        return self._settle(run, f"within stop({timeout:g})") and published
 
     def run_forever(self) -> None:
         """Start (if needed) and block until the feed stops; raises its fatal error, if any.
@@ -661,6 +713,7 @@ class Feed(abc.ABC, Generic[P]):
             late = []
         kinds = self._kinds
         dispatcher = self._dispatcher
+        publishers = self._publishers
         for out in outputs:
             kind = kinds.get(type(out))
             if kind is not None:
@@ -668,9 +721,13 @@ class Feed(abc.ABC, Generic[P]):
                 if kind == "quote" and isinstance(out, ev.Quote):
                     dispatcher.put_quote(out.instrument, out)
                 elif kind == "notice" and isinstance(out, ev.Notice):
-                    dispatcher.put(kind, self._masked(out))
+                    out = self._masked(out)
+                    dispatcher.put(kind, out)
                 else:
                     dispatcher.put(kind, out)
+                if publishers:
+                    for publisher in publishers:
+                        publisher.publish(cast(ev.Event, out))
             elif isinstance(out, RawMessage):
                 dispatcher.put("message", out.message)
             elif isinstance(out, Send):
@@ -803,6 +860,7 @@ class Feed(abc.ABC, Generic[P]):
             scheduler.stop()
         if lane is not None:
             self._dispatcher.begin_stop(lane, run.deadline)
+        self._stop_publishers(run)
         if run.waited:
             return  # a stop() caller waits for the threads and finishes the shutdown
         # Nobody waits (a fatal error, or stop() from inside a callback): finish here, no
@@ -819,7 +877,21 @@ class Feed(abc.ABC, Generic[P]):
             return
         if lane is not None:
             self._dispatcher.finish_stop(lane, run.deadline)
+        self._publishers_stopped(run.deadline)
         self._settle(run, "by the stop deadline")
+
+    def _stop_publishers(self, run: "Run") -> None:
+        """The run produces no more events: publishers publish what waits by its deadline
+        (once per run: a publisher may serve other feeds, and counts them)."""
+        publishing, self._publishing = self._publishing, ()
+        for publisher in publishing:
+            publisher.feed_stopping(run.deadline)
+
+    def _publishers_stopped(self, deadline: float) -> bool:
+        ok = True
+        for publisher in self._publishers:
+            ok = publisher.feed_stopped(deadline) and ok
+        return ok
 
     def _settle(self, run: "Run", when: str) -> bool:
         """The last step of stopping ``run``: say "stopped" and name any thread left behind."""
