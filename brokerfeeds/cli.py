@@ -4,6 +4,8 @@
   (``--json`` for JSON Lines); credentials from the environment (see :mod:`brokerfeeds.watch`).
 * ``brokerfeeds simulate --broker NAME [--port N] [--activity]``: run a broker's simulator
   and print the commands that watch it (see :mod:`brokerfeeds.simulate`).
+* ``brokerfeeds tail URL [--stream S] [--group G] [--json]``: print what ``watch --publish
+  URL`` (or any :class:`~brokerfeeds.bus.RedisPublisher`) writes to Redis Streams.
 * ``brokerfeeds demo [--broker NAME]``: a scripted session against a built-in simulator.
 
 ``-v`` shows the library's own log lines (``-vv``: debug); ``--log-all`` also shows
@@ -74,6 +76,10 @@ def parser() -> argparse.ArgumentParser:
                     "(or CLEARSTREET_TOKEN) + CLEARSTREET_ACCOUNT; IBKR needs none (log in to the gateway)."))
     simulate.add_arguments(commands.add_parser(
         "simulate", parents=[logs], help="run a broker's simulator and print how to watch it"))
+    from .bus import cli as bus_cli
+
+    bus_cli.add_tail_arguments(commands.add_parser(
+        "tail", parents=[logs], help="print the events a publisher writes to Redis Streams (watch --publish)"))
     demo = commands.add_parser("demo", parents=[logs], help="run a scripted session against a built-in simulator")
     demo.add_argument("--broker", default="ibkr", choices=BROKERS)
     demo.add_argument("--duration", type=float, default=10.0, help="roughly how long to run, in seconds")
@@ -89,6 +95,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             from . import watch
 
             return watch.run(args)
+        if args.command == "tail":
+            from .bus import cli as bus_cli
+
+            return bus_cli.run_tail(args)
         if not _needs_simulators(args.command):
             return 2
         if args.command == "simulate":

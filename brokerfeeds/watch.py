@@ -36,6 +36,7 @@ import threading
 import time
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, TextIO
 
+from .bus import cli as bus_cli
 from .display import Describer
 from .errors import BrokerFeedsError
 from .events import to_json
@@ -73,6 +74,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="poll REST for what the socket lacks (ibkr positions; P&L elsewhere)")
     parser.add_argument("--duration", type=float, metavar="SECONDS", help="stop after this long")
     parser.add_argument("--json", action="store_true", help="JSON Lines on stdout instead of readable lines")
+    parser.add_argument("--quiet", action="store_true",
+                        help="print no events (with --publish: only publish); errors still go to stderr")
+    bus_cli.add_publish_arguments(parser)
 
 
 def _env(env: Mapping[str, str], name: str) -> Optional[str]:
@@ -242,7 +246,15 @@ def run(args: argparse.Namespace, env: Optional[Mapping[str, str]] = None, out: 
         except BrokerFeedsError as exc:  # a refused login
             err.write(f"brokerfeeds watch: {type(exc).__name__}: {exc}\n")
             return 1
-        printer.attach(feed)
+        if args.publish:
+            try:
+                bus_cli.attach_publisher(feed, args.publish, stream=args.publish_stream, quotes=args.publish_quotes,
+                                         out=lambda line: err.write(line + "\n"))
+            except (ValueError, ImportError) as exc:
+                err.write(f"brokerfeeds watch: {exc}\n")
+                return 2
+        if not args.quiet:
+            printer.attach(feed)
         restore = stop_on_signals(stop)
         try:
             feed.start()

@@ -752,6 +752,47 @@ def test_tail_prints_readable_lines_and_acknowledges_what_it_printed(redis_serve
     assert pending["pending"] == 0 and pending["last-delivered-id"]  # the three were acknowledged
 
 
+@pytest.mark.timeout(60)
+def test_watch_publish_and_tail_as_two_processes(redis_server, prefix):
+    """``brokerfeeds watch --publish URL --quiet`` publishes an IBKR simulator's orders;
+    ``brokerfeeds tail URL --json`` in another process prints them, in order."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    template = f"{prefix}:{{broker}}:{{account}}"
+    with IbkrSimulator() as sim:
+        watch = subprocess.Popen(
+            [sys.executable, "-m", "brokerfeeds", "watch", "--broker", "ibkr", "--url", sim.url,
+             "--rest-url", sim.rest_url, "--publish", redis_server.url, "--publish-stream", template,
+             "--quiet", "--duration", "30"],
+            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            wait_until(lambda: len(sim.clients) > 0, timeout=20, message="watch never connected")
+            order_id = sim.place_order("AAPL", "BUY", 10, 190.5)
+            sim.fill(order_id, 10, 190.5)
+            stream = f"{prefix}:ibkr:{sim.account}"
+
+            def filled_published() -> bool:
+                return any(b'"FILLED"' in b"".join(v for v in fields.values() if isinstance(v, bytes))
+                           for _, fields in client(redis_server).xrange(stream))
+
+            wait_until(filled_published, timeout=20, message="watch --publish never published the fill")
+            published = client(redis_server).xlen(stream)
+        finally:
+            watch.terminate()
+            out, err = watch.communicate(timeout=20)
+    assert watch.returncode == 0, err
+    assert out == ""  # --quiet: nothing printed; where it publishes is said on stderr
+    assert "publishing account events" in err
+    tail = subprocess.run([sys.executable, "-m", "brokerfeeds", "tail", redis_server.url, "--stream", stream,
+                           "--start", "0", "--json", "--count", str(published)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=30)
+    assert tail.returncode == 0, tail.stderr
+    entries = [json.loads(line) for line in tail.stdout.splitlines()]
+    orders = [ev.from_dict(e["event"]) for e in entries if e["event"]["type"] == "order"]
+    assert orders and all(o.order_id == str(order_id) for o in orders)
+    assert orders[-1].status is OrderStatus.FILLED
+    assert [e["seq"] for e in entries] == sorted(e["seq"] for e in entries)
+
+
 def test_the_command_line_builds_without_redis_py_and_says_how_to_get_it():
     code = textwrap.dedent("""
         import argparse, sys
