@@ -124,6 +124,8 @@ from typing import Any, Callable, Dict, Mapping, Optional, Set, Tuple, Type, Uni
 
 import attrs
 
+from .values import orjson_dumps as _orjson_dumps
+
 __all__ = [
     "Side",
     "OrderStatus",
@@ -147,6 +149,7 @@ __all__ = [
     "to_dict",
     "from_dict",
     "to_json",
+    "to_json_bytes",
     "from_json",
 ]
 
@@ -745,6 +748,24 @@ def to_json(event: Event) -> str:
         for name in _CODECS[type(event)].free:
             data[name] = _repair(data[name], 0, set())
         return _encode_json(data)
+
+
+def to_json_bytes(event: Event) -> bytes:
+    """:func:`to_json` as UTF-8 bytes, for writing to sockets, files or Redis.
+
+    With orjson (the ``fast`` extra) the text is encoded by orjson, about twice as fast:
+    the same JSON values, but non-ASCII characters are written as UTF-8 rather than
+    ``\\u`` escapes, and a non-finite float in free-form content becomes ``null`` rather
+    than ``"NaN"``. Content orjson refuses (lone surrogates, non-string keys, integers
+    beyond 64 bits) goes through :func:`to_json`.
+    """
+    if _orjson_dumps is not None:
+        data = to_dict(event)
+        try:
+            return _orjson_dumps(data, default=_jsonable)
+        except Exception:  # noqa: BLE001 - what orjson refuses, the repairing encoder takes
+            pass
+    return to_json(event).encode("ascii")
 
 
 def from_json(text: Union[str, bytes, bytearray]) -> Event:

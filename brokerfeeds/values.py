@@ -44,6 +44,9 @@ def _stdlib_loads(data: Any) -> Any:
     return _decode_json(data)
 
 
+#: ``orjson.dumps`` when the ``fast`` extra is installed, else None.
+orjson_dumps: Optional[Callable[..., bytes]] = _orjson.dumps if _orjson is not None else None
+
 #: JSON decoder used for every frame: orjson when the ``fast`` extra is installed.
 loads: Callable[[Any], Any] = _orjson.loads if _orjson is not None else _stdlib_loads
 

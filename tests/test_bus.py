@@ -187,13 +187,13 @@ SESSIONS = {"ibkr": ibkr_session, "upstox": upstox_session, "firstock": firstock
 def test_events_of_every_broker_arrive_complete_and_in_order_in_another_process(redis_server, prefix, monkeypatch,
                                                                                  stop_later):
     encoded_on: List[str] = []
-    real_to_json = ev.to_json
+    real_to_json = ev.to_json_bytes
 
     def spy(event: Any) -> Any:  # where the JSON form is made: never on a feed's io thread
         encoded_on.append(threading.current_thread().name)
         return real_to_json(event)
 
-    monkeypatch.setattr(ev, "to_json", spy)
+    monkeypatch.setattr(ev, "to_json_bytes", spy)
     expected: Dict[str, List[Any]] = {}
     for broker, session in SESSIONS.items():
         with session() as (feed, act, ready):

@@ -577,3 +577,27 @@ def test_no_attrs_introspection_per_call(monkeypatch: pytest.MonkeyPatch) -> Non
         monkeypatch.setattr(attrs, name, forbidden)
     monkeypatch.setattr(typing, "get_type_hints", forbidden)
     assert from_json(to_json(event)) == event and to_json(from_dict(to_dict(event))) == text
+
+
+@settings(max_examples=300, deadline=None)
+@given(any_event)
+def test_json_bytes_round_trip_of_every_kind(event: Event) -> None:
+    """to_json_bytes (orjson where installed) reads back as to_json does."""
+    data = events.to_json_bytes(event)
+    assert isinstance(data, bytes)
+    assert_same(events.from_json(data), event)
+    assert json.loads(data) == json.loads(events.to_json(event))
+
+
+def test_json_bytes_without_orjson_is_the_ascii_text(monkeypatch: pytest.MonkeyPatch) -> None:
+    order = events.Order(broker="ibkr", order_id="1", symbol="ÄÖ", raw={"x": "ünï"})
+    monkeypatch.setattr(events, "_orjson_dumps", None)
+    assert events.to_json_bytes(order) == events.to_json(order).encode("ascii")
+
+
+def test_json_bytes_falls_back_where_orjson_refuses() -> None:
+    """A lone surrogate or a non-string key in raw: orjson refuses, the repairing encoder takes it."""
+    order = events.Order(broker="ibkr", order_id="1", raw={"text": "\ud800", 5: [1]})
+    data = events.to_json_bytes(order)
+    assert data == events.to_json(order).encode("ascii")
+    assert events.from_json(data).raw == {"text": "\ud800", "5": [1]}

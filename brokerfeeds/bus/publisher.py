@@ -667,7 +667,7 @@ class RedisPublisher:
             if prefix is None:
                 prefix = self._prefix(event, account)
                 self._prefixes[key] = prefix
-            data = ev.to_json(event).encode()  # ASCII-only text
+            data = ev.to_json_bytes(event)
         except Exception as exc:  # noqa: BLE001 - an event with no JSON form must not stop the others
             self._unencodable += 1
             if cls not in self._unencodable_types:
