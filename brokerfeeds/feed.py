@@ -73,6 +73,7 @@ import attrs
 
 from . import events as ev
 from . import lifecycle
+from .callbacks import EventCallbacks
 from .dispatch import CallbackRegistry, Dispatcher, EventIterator, Lane
 from .errors import BrokerFeedsError, ProtocolError
 from .lifecycle import Run
@@ -106,17 +107,8 @@ _monotonic = time.monotonic
 
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
-OrderHandler = TypeVar("OrderHandler", bound=Callable[[ev.Order], Any])
-TradeHandler = TypeVar("TradeHandler", bound=Callable[[ev.Trade], Any])
-PositionHandler = TypeVar("PositionHandler", bound=Callable[[ev.Position], Any])
-PnLHandler = TypeVar("PnLHandler", bound=Callable[[ev.PnL], Any])
-HoldingHandler = TypeVar("HoldingHandler", bound=Callable[[ev.Holding], Any])
-BalanceHandler = TypeVar("BalanceHandler", bound=Callable[[ev.Balance], Any])
-QuoteHandler = TypeVar("QuoteHandler", bound=Callable[[ev.Quote], Any])
-NoticeHandler = TypeVar("NoticeHandler", bound=Callable[[ev.Notice], Any])
 ConnectHandler = TypeVar("ConnectHandler", bound=Callable[[ev.Connected], Any])
 DisconnectHandler = TypeVar("DisconnectHandler", bound=Callable[[ev.Disconnected], Any])
-ErrorHandler = TypeVar("ErrorHandler", bound=Callable[[BrokerFeedsError], Any])
 MessageHandler = TypeVar("MessageHandler", bound=Callable[[Any], Any])
 
 
@@ -167,7 +159,7 @@ class FeedStats:
     extra: Mapping[str, int] = attrs.field(factory=dict)
 
 
-class Feed(abc.ABC, Generic[P]):
+class Feed(EventCallbacks, abc.ABC, Generic[P]):
     """Base class of every broker feed. See the package README for the full contract.
 
     Construction never does I/O. Timing knobs (seconds) exist so tests can run fast;
@@ -296,37 +288,7 @@ class Feed(abc.ABC, Generic[P]):
         self._callbacks.add(kind, fn)
         return fn
 
-    def on_order(self, fn: OrderHandler) -> OrderHandler:
-        """Call ``fn(order: Order)`` with the full, merged order after every change."""
-        return self.on("order", fn)
-
-    def on_trade(self, fn: TradeHandler) -> TradeHandler:
-        """Call ``fn(trade: Trade)`` for every fill."""
-        return self.on("trade", fn)
-
-    def on_position(self, fn: PositionHandler) -> PositionHandler:
-        """Call ``fn(position: Position)`` when a position changes."""
-        return self.on("position", fn)
-
-    def on_pnl(self, fn: PnLHandler) -> PnLHandler:
-        """Call ``fn(pnl: PnL)`` when account P&L figures change."""
-        return self.on("pnl", fn)
-
-    def on_holding(self, fn: HoldingHandler) -> HoldingHandler:
-        """Call ``fn(holding: Holding)`` when a holding changes."""
-        return self.on("holding", fn)
-
-    def on_balance(self, fn: BalanceHandler) -> BalanceHandler:
-        """Call ``fn(balance: Balance)`` when cash / buying power figures change."""
-        return self.on("balance", fn)
-
-    def on_quote(self, fn: QuoteHandler) -> QuoteHandler:
-        """Call ``fn(quote: Quote)`` with the merged snapshot after every tick."""
-        return self.on("quote", fn)
-
-    def on_notice(self, fn: NoticeHandler) -> NoticeHandler:
-        """Call ``fn(notice: Notice)`` for broker messages meant for humans."""
-        return self.on("notice", fn)
+    # on_order, on_trade, ... on_error: see brokerfeeds.callbacks.EventCallbacks
 
     def on_connect(self, fn: ConnectHandler) -> ConnectHandler:
         """Call ``fn(connected: Connected)`` once connected and subscriptions are sent."""
@@ -335,11 +297,6 @@ class Feed(abc.ABC, Generic[P]):
     def on_disconnect(self, fn: DisconnectHandler) -> DisconnectHandler:
         """Call ``fn(disconnected: Disconnected)`` when a connection ends (with the reason)."""
         return self.on("disconnect", fn)
-
-    def on_error(self, fn: ErrorHandler) -> ErrorHandler:
-        """Call ``fn(error: BrokerFeedsError)`` for every problem (the feed carries on
-        unless the error is fatal, e.g. :class:`AuthenticationError`)."""
-        return self.on("error", fn)
 
     def on_message(self, fn: MessageHandler) -> MessageHandler:
         """Call ``fn(message)`` with every decoded broker message (dict/list/str), raw."""

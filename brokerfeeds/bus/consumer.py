@@ -55,6 +55,7 @@ from typing import Any, Callable, Deque, Dict, Iterator, List, Optional, Sequenc
 import attrs
 
 from .. import events as ev
+from ..callbacks import EventCallbacks
 from ..dispatch import CallbackRegistry
 from ..errors import BrokerFeedsError, CallbackError, ProtocolError
 from ..reconnect import Backoff, ReconnectPolicy
@@ -160,7 +161,7 @@ class _Seen:
 Raw = Tuple[bytes, bytes, Optional[List[bytes]], bool]  # stream, entry id, fields, read as new
 
 
-class RedisEvents:
+class RedisEvents(EventCallbacks):
     """Events published by a :class:`~brokerfeeds.bus.RedisPublisher`, read back from Redis.
 
     ``streams``: a stream name, a glob pattern, or a list of them. ``group`` /
@@ -264,42 +265,7 @@ class RedisEvents:
         """Call ``fn(entry: BusEntry)`` for every event, with its stream, id, run and seq."""
         return self.on("entry", fn)
 
-    def on_order(self, fn: F) -> F:
-        """Call ``fn(order: Order)`` for every order update."""
-        return self.on("order", fn)
-
-    def on_trade(self, fn: F) -> F:
-        """Call ``fn(trade: Trade)`` for every fill."""
-        return self.on("trade", fn)
-
-    def on_position(self, fn: F) -> F:
-        """Call ``fn(position: Position)`` for every position update."""
-        return self.on("position", fn)
-
-    def on_pnl(self, fn: F) -> F:
-        """Call ``fn(pnl: PnL)`` for every P&L update."""
-        return self.on("pnl", fn)
-
-    def on_holding(self, fn: F) -> F:
-        """Call ``fn(holding: Holding)`` for every holding update."""
-        return self.on("holding", fn)
-
-    def on_balance(self, fn: F) -> F:
-        """Call ``fn(balance: Balance)`` for every balance update."""
-        return self.on("balance", fn)
-
-    def on_quote(self, fn: F) -> F:
-        """Call ``fn(quote: Quote)`` for every quote (published with ``quotes=True``)."""
-        return self.on("quote", fn)
-
-    def on_notice(self, fn: F) -> F:
-        """Call ``fn(notice: Notice)`` for every broker notice."""
-        return self.on("notice", fn)
-
-    def on_error(self, fn: F) -> F:
-        """Call ``fn(error: BrokerFeedsError)`` for every problem (Redis unreachable, a
-        malformed entry, a callback that raised)."""
-        return self.on("error", fn)
+    # on_order, on_trade, ... on_error: see brokerfeeds.callbacks.EventCallbacks
 
     def remove_callback(self, fn: Callable[..., Any]) -> bool:
         """Unregister ``fn`` from every kind; True if it was registered."""
