@@ -459,10 +459,9 @@ class Dispatcher:
                     self.close(lane, popped=1)
                     return
                 deliver(*entry)
-                if keep:
-                    spent = lane.spent
-                    spent.append(entry)
-                    if len(spent) >= limit:  # a long backlog: the reader is not keeping up
+                if keep:  # (no local name for the list: it would keep it alive while idle)
+                    lane.spent.append(entry)
+                    if len(lane.spent) >= limit:  # a long backlog: the reader is not keeping up
                         lane.spent = []
         except BaseException as exc:  # noqa: BLE001 - a bug must stop the feed, never leave a zombie
             crashed = self._on_crash
