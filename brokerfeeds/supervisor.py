@@ -301,6 +301,7 @@ class Supervisor:
                 if debug:
                     feed._log.debug("recv %s", excerpt(data))
                 bad: Optional[BaseException] = None
+                ends = False
                 with lock:
                     try:
                         outputs = adapter.on_frame(data, opcode == FRAME_BINARY, now)
@@ -308,10 +309,12 @@ class Supervisor:
                         bad, outputs = exc, []
                     if outputs:
                         widen()
-                        dispatcher.batch(more_coming=conn.buffered)
+                        ends = dispatcher.batch(more_coming=conn.buffered)
                         late = hand_over(outputs)
                     else:
                         late = None
+                if ends:
+                    dispatcher.flush()  # outside the lock: the consumer's callbacks may need it
                 if late:
                     after(late)
                 if bad is not None:
