@@ -249,11 +249,6 @@ class Routes(Generic[HandlerT]):
         return f"Routes(key={getattr(self.key, '__qualname__', self.key)!r}, routes={sorted(self.table)!r})"
 
 
-def sends(frames: Iterable[Frame]) -> List[Output]:
-    """Wrap frames as :class:`Send` outputs."""
-    return [Send(f) for f in frames]
-
-
 def excerpt(data: Any, limit: int = 200) -> str:
     """A short printable excerpt of a frame for error messages."""
     if isinstance(data, (bytes, bytearray)):
