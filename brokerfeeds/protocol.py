@@ -36,7 +36,7 @@ import itertools
 import json
 import reprlib
 from types import MappingProxyType
-from typing import (Any, Callable, Dict, Generic, Hashable, Iterable, List, Mapping, Optional, Sequence, Tuple,
+from typing import (Any, Callable, Dict, Generic, Hashable, List, Mapping, Optional, Sequence, Tuple,
                     TypeVar, Union, cast)
 
 import attrs
