@@ -41,7 +41,8 @@ import time
 import uuid
 from typing import Any, Dict, List, Optional
 
-from .harness import ROOT, Row, Scenario, ServerProcess, check, machine, percentile, render, run_client, timed
+from .harness import (ROOT, Row, Scenario, ServerProcess, check, machine, percentile, render, run_client, summary,
+                      timed)
 
 TEMPLATE = "{prefix}:{{broker}}:{{account}}"
 monotonic = time.monotonic
@@ -205,6 +206,47 @@ def client_latency_publisher(spec: Dict[str, Any]) -> Dict[str, Any]:
     return {"count": published}
 
 
+def client_paced_cost(spec: Dict[str, Any]) -> Dict[str, Any]:
+    """IbkrFeed on the paced server, with or without a publisher: its own callbacks' latency
+    (the server's send stamp -> on_order) and the process's CPU time per event."""
+    from brokerfeeds import IbkrFeed
+    from brokerfeeds.bus import RedisPublisher
+
+    feed = IbkrFeed(url=spec["url"], rest_url=spec["rest_url"])
+    publisher: Optional[RedisPublisher] = None
+    if spec["publish"]:
+        publisher = RedisPublisher(spec["redis"], TEMPLATE.format(prefix=spec["prefix"]))
+        feed.add_publisher(publisher)
+    expected = spec["expected"]
+    latencies: List[float] = []
+    marks: Dict[str, float] = {}
+
+    def on_order(order: Any) -> None:
+        now = monotonic()
+        latencies.append(now - order.raw["bench_ts"])
+        if len(latencies) == 1:
+            marks["cpu0"], marks["t0"] = time.process_time(), now
+
+    feed.on_order(on_order)
+    feed.subscribe_orders()
+    feed.start()
+    deadline = monotonic() + spec.get("timeout", 60)
+    while monotonic() < deadline and (len(latencies) < expected or (
+            publisher is not None and publisher.stats.published < expected)):
+        time.sleep(0.01)
+    cpu, wall = time.process_time() - marks.get("cpu0", 0.0), monotonic() - marks.get("t0", 0.0)
+    published = publisher.stats.published if publisher is not None else 0
+    feed.stop()
+    if publisher is not None:
+        import redis
+
+        r = redis.Redis.from_url(spec["redis"])
+        keys = r.keys(f"{spec['prefix']}:*")
+        if keys:
+            r.delete(*keys)
+    return {"count": len(latencies), "latencies": latencies, "cpu": cpu, "wall": wall, "published": published}
+
+
 def client_memory(spec: Dict[str, Any]) -> Dict[str, Any]:
     """Events buffered while Redis is unreachable: bytes per event."""
     import tracemalloc
@@ -249,6 +291,7 @@ CLIENTS = {
     "latcons": client_latency_consumer,
     "latpub": client_latency_publisher,
     "memory": client_memory,
+    "pacedcost": client_paced_cost,
 }
 
 
@@ -392,6 +435,45 @@ def part_latency(url: str, rate: float, seconds: float, reps: int) -> Scenario:
     return scenario
 
 
+def part_paced_cost(url: str, rate: float, seconds: float, reps: int) -> Scenario:
+    scenario = Scenario(5, f"What publishing costs the feed at {rate:,.0f} events/s (the feed's own callbacks, "
+                           "its process's CPU)")
+    expected = int(rate * seconds)
+    skip = expected // 10
+    names = {False: "IbkrFeed alone", True: "IbkrFeed + RedisPublisher"}
+    figures: Dict[bool, Dict[str, List[float]]] = {m: {"p50": [], "p99": [], "cpu": []} for m in names}
+    errors: Dict[bool, str] = {}
+    with ServerProcess(mode="paced", rate=rate, duration=seconds, trigger_prefix="sor+") as server:
+        scenario.facts["samples per run"] = f"{expected - skip:,} (first {skip:,} dropped as warm-up)"
+        for _ in range(reps):
+            for publish in names:
+                result = run({"kind": "pacedcost", "url": server.url, "rest_url": server.rest_url, "redis": url,
+                              "prefix": f"bench{uuid.uuid4().hex[:8]}", "publish": publish, "expected": expected,
+                              "timeout": seconds + 30})
+                samples = sorted(result.get("latencies", [])[skip:])
+                if "error" in result or result.get("count") != expected or (
+                        publish and result.get("published") != expected):
+                    errors[publish] = result.get("error") or f"{result.get('count')} delivered, " \
+                                                              f"{result.get('published')} published"
+                    continue
+                figures[publish]["p50"].append(percentile(samples, 50) * 1e3)
+                figures[publish]["p99"].append(percentile(samples, 99) * 1e3)
+                figures[publish]["cpu"].append(result["cpu"] / result["wall"] * 100)
+    for stat, unit, label in (("p50", "ms", "callback latency p50"), ("p99", "ms", "callback latency p99"),
+                              ("cpu", "%", "process CPU (% of one core)")):
+        pair = [scenario.add(Row(f"{name}: {label}", figures[publish][stat], unit, higher_is_better=False,
+                                 digits=3 if unit == "ms" else 1, baseline=not publish,
+                                 note=errors.get(publish, "") if stat == "p50" else ""))
+                for publish, name in names.items()]
+        scenario.ratios(pair)
+    alone, attached = (summary(figures[m]["cpu"])["median"] for m in names)
+    if alone is not None and attached is not None:
+        scenario.facts["CPU per event in the feed's process"] = (
+            f"{alone * 10_000 / rate:.1f} us alone, {attached * 10_000 / rate:.1f} us with the publisher "
+            f"(+{(attached - alone) * 10_000 / rate:.1f} us)")
+    return scenario
+
+
 def part_memory(count: int) -> Scenario:
     scenario = Scenario(4, f"Publisher memory while Redis is down ({count:,} IBKR order events buffered)")
     result = run({"kind": "memory", "count": count})
@@ -422,14 +504,14 @@ def main(argv: Optional[List[str]] = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smaller bursts")
     parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--only", default="", help="comma-separated parts (1-4)")
+    parser.add_argument("--only", default="", help="comma-separated parts (1-5)")
     parser.add_argument("--json", default="-", help="where to write the figures ('-': nowhere)")
     parser.add_argument("--redis", help="use this Redis instead of starting one (its data is left alone)")
     parser.add_argument("--client", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.client:
         return client_main(args.client)
-    only = [int(x) for x in args.only.split(",") if x.strip()] or [1, 2, 3, 4]
+    only = [int(x) for x in args.only.split(",") if x.strip()] or [1, 2, 3, 4, 5]
     count = 20_000 if args.quick else 100_000
     info = machine()
     print(f"brokerfeeds bus benchmarks ({'quick' if args.quick else 'full'}, {args.reps} reps) on "
@@ -449,7 +531,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         jobs = {1: lambda: part_throughput(url, count, args.reps),
                 2: lambda: part_feed(url, count, args.reps),
                 3: lambda: part_latency(url, 2000.0, 2.0 if args.quick else 5.0, args.reps),
-                4: lambda: part_memory(count)}
+                4: lambda: part_memory(count),
+                5: lambda: part_paced_cost(url, 2000.0, 2.0 if args.quick else 5.0, args.reps)}
         for number in only:
             scenario = timed(jobs[number])
             if number == 2 and results and results[0].number == 1:

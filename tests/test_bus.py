@@ -608,6 +608,36 @@ def test_maxlen_trims_the_stream(redis_server, prefix):
     assert 50 <= r.xlen(f"{prefix}:about:sim:ACC1") < 300  # "~": whole nodes, cheaply
 
 
+
+def test_linger_batches_events_that_keep_coming_and_a_lone_event_goes_alone(redis_server, prefix):
+    """While events keep coming, ``linger`` lets the next ones join a batch (fewer round
+    trips); an event after a quiet spell does not wait for company. Order is kept."""
+    r = client(redis_server)
+    with RedisPublisher(redis_server.url, f"{prefix}:{{broker}}:{{account}}", linger=0.05) as publisher:
+        assert publisher.wait_connected(5)
+        publisher.publish(order(0))
+        assert publisher.flush(5)
+        assert publisher.stats.batches == 1  # the lone first event: its own batch
+        time.sleep(0.05)  # a quiet spell (> 10 ms): the next event goes at once, alone
+        publisher.publish(order(1))
+        assert publisher.flush(5) and publisher.stats.batches == 2
+        for n in range(2, 42):  # then a steady stream, one event every 2 ms
+            publisher.publish(order(n))
+            time.sleep(0.002)
+        assert publisher.flush(5)
+        stats = publisher.stats
+    assert stats.published == 42
+    # without lingering, 40 events 2 ms apart take ~40 round trips; with 50 ms, a handful
+    assert stats.batches - 2 <= 10, stats
+    seqs = [int(fields[b"seq"]) for _, fields in r.xrange(f"{prefix}:sim:ACC1")]
+    assert seqs == list(range(1, 43))
+
+
+def test_linger_must_be_a_sane_number_of_seconds():
+    for bad in (-0.001, 2, float("inf"), float("nan"), True, "1ms"):
+        with pytest.raises(ValueError, match="linger"):
+            RedisPublisher("redis://localhost:6379/0", linger=bad)
+
 def test_a_full_buffer_drops_quotes_first_then_the_oldest_account_events_and_says_how_many(prefix, tmp_path):
     later = RedisServer(directory=str(tmp_path))  # not running yet: the publisher starts while it is down
     publisher = RedisPublisher(later.url, f"{prefix}:{{broker}}:{{account}}", max_buffer=100, quotes=True,
