@@ -207,15 +207,15 @@ def client_latency_publisher(spec: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def client_paced_cost(spec: Dict[str, Any]) -> Dict[str, Any]:
-    """IbkrFeed on the paced server, with or without a publisher: its own callbacks' latency
+    """IbkrFeed on the paced server, with a publisher (``linger``) or without (None): its own callbacks' latency
     (the server's send stamp -> on_order) and the process's CPU time per event."""
     from brokerfeeds import IbkrFeed
     from brokerfeeds.bus import RedisPublisher
 
     feed = IbkrFeed(url=spec["url"], rest_url=spec["rest_url"])
     publisher: Optional[RedisPublisher] = None
-    if spec["publish"]:
-        publisher = RedisPublisher(spec["redis"], TEMPLATE.format(prefix=spec["prefix"]))
+    if spec["linger"] is not None:
+        publisher = RedisPublisher(spec["redis"], TEMPLATE.format(prefix=spec["prefix"]), linger=spec["linger"])
         feed.add_publisher(publisher)
     expected = spec["expected"]
     latencies: List[float] = []
@@ -440,39 +440,42 @@ def part_paced_cost(url: str, rate: float, seconds: float, reps: int) -> Scenari
                            "its process's CPU)")
     expected = int(rate * seconds)
     skip = expected // 10
-    names = {False: "IbkrFeed alone", True: "IbkrFeed + RedisPublisher"}
-    figures: Dict[bool, Dict[str, List[float]]] = {m: {"p50": [], "p99": [], "cpu": []} for m in names}
-    errors: Dict[bool, str] = {}
+    # linger of the attached publisher; None: no publisher
+    names: Dict[Optional[float], str] = {None: "IbkrFeed alone", 0.0: "+ RedisPublisher (default)",
+                                         0.001: "+ RedisPublisher(linger=0.001)"}
+    figures: Dict[Optional[float], Dict[str, List[float]]] = {m: {"p50": [], "p99": [], "cpu": []} for m in names}
+    errors: Dict[Optional[float], str] = {}
     with ServerProcess(mode="paced", rate=rate, duration=seconds, trigger_prefix="sor+") as server:
         scenario.facts["samples per run"] = f"{expected - skip:,} (first {skip:,} dropped as warm-up)"
         for _ in range(reps):
-            for publish in names:
+            for linger in names:
                 result = run({"kind": "pacedcost", "url": server.url, "rest_url": server.rest_url, "redis": url,
-                              "prefix": f"bench{uuid.uuid4().hex[:8]}", "publish": publish, "expected": expected,
+                              "prefix": f"bench{uuid.uuid4().hex[:8]}", "linger": linger, "expected": expected,
                               "timeout": seconds + 30})
                 samples = sorted(result.get("latencies", [])[skip:])
                 if "error" in result or result.get("count") != expected or (
-                        publish and result.get("published") != expected):
-                    errors[publish] = result.get("error") or f"{result.get('count')} delivered, " \
-                                                              f"{result.get('published')} published"
+                        linger is not None and result.get("published") != expected):
+                    errors[linger] = result.get("error") or f"{result.get('count')} delivered, " \
+                                                             f"{result.get('published')} published"
                     continue
-                figures[publish]["p50"].append(percentile(samples, 50) * 1e3)
-                figures[publish]["p99"].append(percentile(samples, 99) * 1e3)
-                figures[publish]["cpu"].append(result["cpu"] / result["wall"] * 100)
+                figures[linger]["p50"].append(percentile(samples, 50) * 1e3)
+                figures[linger]["p99"].append(percentile(samples, 99) * 1e3)
+                figures[linger]["cpu"].append(result["cpu"] / result["wall"] * 100)
     for stat, unit, label in (("p50", "ms", "callback latency p50"), ("p99", "ms", "callback latency p99"),
                               ("cpu", "%", "process CPU (% of one core)")):
-        pair = [scenario.add(Row(f"{name}: {label}", figures[publish][stat], unit, higher_is_better=False,
-                                 digits=3 if unit == "ms" else 1, baseline=not publish,
-                                 note=errors.get(publish, "") if stat == "p50" else ""))
-                for publish, name in names.items()]
-        scenario.ratios(pair)
-    alone, attached = (summary(figures[m]["cpu"])["median"] for m in names)
-    if alone is not None and attached is not None:
-        scenario.facts["CPU per event in the feed's process"] = (
-            f"{alone * 10_000 / rate:.1f} us alone, {attached * 10_000 / rate:.1f} us with the publisher "
-            f"(+{(attached - alone) * 10_000 / rate:.1f} us)")
+        group = [scenario.add(Row(f"{name}: {label}", figures[linger][stat], unit, higher_is_better=False,
+                                  digits=3 if unit == "ms" else 1, baseline=linger is None,
+                                  note=errors.get(linger, "") if stat == "p50" else ""))
+                 for linger, name in names.items()]
+        scenario.ratios(group)
+    cpu = {linger: summary(figures[linger]["cpu"])["median"] for linger in names}
+    alone = cpu[None]
+    if alone is not None:
+        per_event = [f"{alone * 10_000 / rate:.1f} us alone"] + [
+            f"+{(value - alone) * 10_000 / rate:.1f} us {names[linger].lstrip('+ ')}"
+            for linger, value in cpu.items() if linger is not None and value is not None]
+        scenario.facts["CPU per event in the feed's process"] = ", ".join(per_event)
     return scenario
-
 
 def part_memory(count: int) -> Scenario:
     scenario = Scenario(4, f"Publisher memory while Redis is down ({count:,} IBKR order events buffered)")
