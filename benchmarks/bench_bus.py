@@ -1,6 +1,6 @@
 """Benchmarks of :mod:`brokerfeeds.bus` (Redis Streams), each figure against its baseline in one run.
 
-    python -m benchmarks.bench_bus                 # all four parts, 3 reps (~2 minutes on 2 cores)
+    python -m benchmarks.bench_bus                 # all five parts, 3 reps (~5 minutes on 2 cores)
     python -m benchmarks.bench_bus --quick         # smaller bursts
     python -m benchmarks.bench_bus --only 1,3      # some parts
     python -m benchmarks.bench_bus --json out.json # figures as JSON (default: none)
@@ -26,6 +26,9 @@ and runs every contender in a fresh subprocess (``--client <spec>``), round-robi
 4. **Publisher memory while Redis is down**: N events published to an unreachable Redis;
    bytes per buffered event, from ``tracemalloc`` (Python heap still allocated after the
    publisher encoded them all; the events themselves were made before) and from the RSS.
+5. **What publishing costs the feed** at 2,000 events/s: the feed alone, with a publisher
+   (``linger`` 0, the default) and with ``linger=0.001``: the feed's own ``on_order``
+   latency (stamp -> callback entry) and its process's CPU time per event.
 """
 
 from __future__ import annotations

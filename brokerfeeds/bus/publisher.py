@@ -14,7 +14,9 @@ runs ``XADD`` for each entry: one write and one reply per batch (parsing a reply
 cost about a fifth of the thread's time; the JSON encoding is most of the rest, so the
 next batch is encoded while Redis works on the current one). Where Redis refuses scripts
 (an ACL without ``@scripting``) the batch is sent as pipelined ``XADD`` commands instead,
-with one reply per entry; a flushed script cache (``NOSCRIPT``) is loaded again.
+with one reply per entry; a flushed script cache (``NOSCRIPT``) is loaded again. A batch
+goes as soon as the thread is free; with ``linger`` > 0, while events keep coming, the
+thread first waits up to ``linger`` for more to share the round trip.
 
 A batch whose reply was lost with its connection is *uncertain*: Redis may have applied
 it. After reconnecting, the publisher reads the newest entries of the streams concerned
