@@ -581,6 +581,12 @@ class Feed(EventCallbacks, abc.ABC, Generic[P]):
         """After a rejection: True to try again at once (e.g. a refreshed token)."""
         return False
 
+    def _auth_refusal_fatal(self, error: BaseException) -> bool:
+        """The socket handshake was refused (and retried, where :meth:`_retry_auth` said
+        so): True stops the feed with ``error``; False reports it and reconnects with
+        backoff, as after a lost connection (a session that can come back by itself)."""
+        return True
+
     def _credentials_refused(self) -> None:
         """The server refused the credentials of the last connection (a
         :class:`Reconnect` with ``fresh_credentials``): forget cached ones."""

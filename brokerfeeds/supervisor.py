@@ -158,10 +158,10 @@ class Supervisor:
             while not stop.is_set():
                 try:
                     conn = self._open()
-                except AuthenticationError as exc:
-                    feed._fail(exc)
-                    break
                 except BrokerFeedsError as exc:
+                    if isinstance(exc, AuthenticationError) and feed._auth_refusal_fatal(exc):
+                        feed._fail(exc)
+                        break
                     if stop.is_set():
                         break
                     feed._report(exc)

@@ -528,3 +528,31 @@ def test_the_oauth_example_runs_against_the_simulator(keys):
     assert "-> FILLED (Filled), filled 100.0" in result.stdout
     assert "fill 70 AAPL @ 190.5" in result.stdout  # made during the reset, delivered after it
     assert "session is back" in result.stdout and "1 reconnect(s), 2 live session token(s)" in result.stdout
+
+
+# ----------------------------------------------------------------------------- refused handshakes mid-stream
+def test_a_handshake_refused_mid_stream_is_retried_with_backoff_not_fatal(make_feed, sim):
+    """REST says the session is fine but the socket handshake is refused, again and again
+    (a gateway restarting in the small hours): at start this is fatal (test_ibkr.py), but
+    once the session worked the feed reports each refusal and keeps reconnecting until
+    the handshake is accepted, then re-subscribes and reconciles."""
+    feed = make_feed()
+    feed.subscribe_orders()
+    rec = Recorder(feed)
+    feed.start()
+    assert feed.wait_connected(5)
+    placed = sim.place_order("AAPL", "BUY", 10, 190.5)
+    rec.wait_for("order", lambda o: o.order_id == placed)
+
+    sim.reject_cookie = True
+    sim.drop()
+    refused = lambda: [e for e in rec.of("error") if isinstance(e, AuthenticationError)]  # noqa: E731
+    wait_until(lambda: len(refused()) >= 2 and sim.rejected >= 4, timeout=10)  # two rounds of (refused, retried)
+    assert feed.state == "reconnecting"  # not "stopped"
+    sim.fill(placed, 10, 190.5)  # while the socket is refused
+    sim.reject_cookie = False
+
+    rec.wait_for("connect", count=2, timeout=10)
+    assert feed.state == "connected"
+    rec.wait_for("order", lambda o: o.order_id == placed and o.status is OrderStatus.FILLED)  # reconciled
+    feed.stop()

@@ -857,7 +857,10 @@ class IbkrFeed(Feed[IbkrProtocol]):
     authenticated). A competing login (``competing: true``) is reported and waited out,
     unless ``compete=True``: then the feed takes the session back (``"compete": true``).
     An OAuth feed's first ``ssodh/init`` always competes, as IBKR's samples and ibind do:
-    starting the feed is logging in.
+    starting the feed is logging in. A socket handshake refused (401/403) while REST says
+    the session is fine is retried at once with a fresh tickle; refused again, it is
+    fatal at start, and mid-stream reported (``on_error``) and retried with backoff, each
+    attempt checking the session first.
 
     ``/tickle``'s ``ssoExpires`` is in ``stats.extra["sso_expires_in"]`` (seconds), and a
     notice comes ``session_warning`` s before the session ends.
@@ -1256,6 +1259,12 @@ class IbkrFeed(Feed[IbkrProtocol]):
         """The socket handshake was refused: once the session was authenticated, tickle
         again (a new session id) and retry once."""
         return self._authenticated_once
+
+    def _auth_refusal_fatal(self, error: BaseException) -> bool:
+        """Refused again: fatal only before the session ever worked. Mid-stream (the small
+        hours, a gateway restarting) the feed keeps reconnecting with backoff, each attempt
+        checking the session over REST first, and reports every refusal to ``on_error``."""
+        return not self._authenticated_once
 
     def _after_ready(self, reconnect: bool) -> None:
         self._on_rest_thread("reconciliation", lambda: self._reconcile(reconnect))
