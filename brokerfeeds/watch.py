@@ -249,7 +249,7 @@ def run(args: argparse.Namespace, env: Optional[Mapping[str, str]] = None, out: 
         if args.publish:
             try:
                 bus_cli.attach_publisher(feed, args.publish, stream=args.publish_stream, quotes=args.publish_quotes,
-                                         out=lambda line: print(line, file=err))
+                                         linger=args.publish_linger, out=lambda line: print(line, file=err))
             except (ValueError, ImportError) as exc:
                 err.write(f"brokerfeeds watch: {exc}\n")
                 return 2

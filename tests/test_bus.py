@@ -637,6 +637,16 @@ def test_linger_must_be_a_sane_number_of_seconds():
     for bad in (-0.001, 2, float("inf"), float("nan"), True, "1ms"):
         with pytest.raises(ValueError, match="linger"):
             RedisPublisher("redis://localhost:6379/0", linger=bad)
+    import io
+
+    from brokerfeeds.cli import parser
+    from brokerfeeds.watch import run as watch
+
+    err = io.StringIO()
+    args = parser().parse_args(["watch", "--broker", "ibkr", "--publish", "redis://localhost:6379/0",
+                                "--publish-linger", "5"])
+    assert watch(args, env={}, err=err) == 2
+    assert "linger must be a number of seconds from 0 to 1" in err.getvalue()
 
 def test_a_full_buffer_drops_quotes_first_then_the_oldest_account_events_and_says_how_many(prefix, tmp_path):
     later = RedisServer(directory=str(tmp_path))  # not running yet: the publisher starts while it is down
@@ -792,7 +802,7 @@ def test_watch_publish_and_tail_as_two_processes(redis_server, prefix):
         watch = subprocess.Popen(
             [sys.executable, "-m", "brokerfeeds", "watch", "--broker", "ibkr", "--url", sim.url,
              "--rest-url", sim.rest_url, "--publish", redis_server.url, "--publish-stream", template,
-             "--quiet", "--duration", "30"],
+             "--publish-linger", "0.001", "--quiet", "--duration", "30"],
             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
             wait_until(lambda: len(sim.clients) > 0, timeout=20, message="watch never connected")
