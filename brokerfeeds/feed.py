@@ -417,10 +417,12 @@ class Feed(EventCallbacks, abc.ABC, Generic[P]):
         In ``dispatch="queue"`` mode nothing is dropped: what was queued stays for
         ``process_events()`` until the next ``start()``.
 
-        It never waits past ``timeout``: a thread still busy then (a slow callback, HTTP
-        call or token provider) is named in a warning, ``stop()`` returns False, and that
-        thread ends by itself as soon as its call returns (what it reports afterwards is
-        ignored). The feed is "stopped" either way and may be started again at once.
+        A REST call in flight on the feed's own REST client is cut at once (its socket is
+        shut down). It never waits past ``timeout``: a thread still busy then (a slow
+        callback or token provider, a call it could not cut) is named in a warning,
+        ``stop()`` returns False, and that thread ends by itself as soon as its call
+        returns (what it reports afterwards is ignored). The feed is "stopped" either way
+        and may be started again at once.
 
         Called from one of the feed's own threads (inside a callback), it cannot wait for
         that thread: it starts the shutdown and returns False at once; the feed finishes
@@ -442,6 +444,7 @@ class Feed(EventCallbacks, abc.ABC, Generic[P]):
             supervisor.abort()
         if scheduler is not None:
             scheduler.stop()
+        self._abort_rest_calls()
         me = threading.current_thread()
         if me in self._thread_runs or me in run.threads():
             return False  # the io thread completes the shutdown (Feed._finish_run)
@@ -580,6 +583,12 @@ class Feed(EventCallbacks, abc.ABC, Generic[P]):
     def _retry_auth(self, error: BaseException) -> bool:
         """After a rejection: True to try again at once (e.g. a refreshed token)."""
         return False
+
+    def _abort_rest_calls(self) -> None:
+        """At stop(): make every REST call in flight fail now (reconciliation, tickle,
+        polls), so the threads making them end. Extend for a broker's other clients."""
+        if self._rest is not None:
+            self._rest.abort()
 
     def _auth_refusal_fatal(self, error: BaseException) -> bool:
         """The socket handshake was refused (and retried, where :meth:`_retry_auth` said

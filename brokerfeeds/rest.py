@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import socket
 import ssl
+import weakref
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
 from urllib.parse import urlsplit, urlunsplit
 
@@ -55,25 +56,61 @@ class _QuietHTTPSConnectionPool(HTTPSConnectionPool):
             conn.connect()
 
 
-def _use_quiet_pools(manager: Any) -> None:
-    """Make a urllib3 pool manager create :class:`_QuietHTTPSConnectionPool`s."""
-    classes = getattr(manager, "pool_classes_by_scheme", None)
-    # SOCKS proxy managers use their own pool classes: leave those alone.
-    if isinstance(classes, dict) and classes.get("https") is HTTPSConnectionPool:
-        manager.pool_classes_by_scheme = {**classes, "https": _QuietHTTPSConnectionPool}
+def _tracking(pool_class: type, connections: "weakref.WeakSet[Any]") -> type:
+    """A subclass of ``pool_class`` that adds every connection it makes to ``connections``."""
+
+    def _new_conn(self: Any) -> Any:
+        conn = pool_class._new_conn(self)  # type: ignore[attr-defined]
+        connections.add(conn)
+        return conn
+
+    return type(pool_class.__name__, (pool_class,), {"_new_conn": _new_conn, "__module__": __name__})
 
 
 class _Adapter(HTTPAdapter):
-    """``HTTPAdapter`` whose pools do not repeat the unverified-HTTPS warning."""
+    """``HTTPAdapter`` whose pools do not repeat the unverified-HTTPS warning and remember
+    their connections, so that :meth:`abort` can cut a call blocked in another thread."""
+
+    def __init__(self) -> None:
+        self.connections: "weakref.WeakSet[Any]" = weakref.WeakSet()
+        super().__init__()
 
     def init_poolmanager(self, connections: int, maxsize: int, block: bool = False, **pool_kwargs: Any) -> None:
         super().init_poolmanager(connections, maxsize, block, **pool_kwargs)
-        _use_quiet_pools(self.poolmanager)
+        self._use_own_pools(self.poolmanager)
 
     def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
         manager = super().proxy_manager_for(proxy, **proxy_kwargs)
-        _use_quiet_pools(manager)
+        self._use_own_pools(manager)
         return manager
+
+    def _use_own_pools(self, manager: Any) -> None:
+        classes = getattr(manager, "pool_classes_by_scheme", None)
+        # SOCKS proxy managers use their own pool classes: leave those alone.
+        if isinstance(classes, dict) and classes.get("https") is HTTPSConnectionPool \
+                and classes.get("http") is HTTPConnectionPool:
+            manager.pool_classes_by_scheme = {
+                **classes,
+                "http": _tracking(HTTPConnectionPool, self.connections),
+                "https": _tracking(_QuietHTTPSConnectionPool, self.connections),
+            }
+
+    def abort(self) -> int:
+        """Shut down the socket of every connection made so far (in use or pooled): a
+        call blocked on one, in any thread, fails at once. Returns how many were cut."""
+        cut = 0
+        for conn in list(self.connections):
+            sock = getattr(conn, "sock", None)
+            if sock is None:
+                continue
+            try:
+                # socket.socket's own shutdown, also for an SSLSocket: its override drops
+                # the SSL object that a read blocked in another thread is still using.
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)
+                cut += 1
+            except OSError:
+                pass  # already closed
+        return cut
 
 
 class RestClient:
@@ -110,7 +147,10 @@ class RestClient:
         self._error_text = error_text
         self.session = requests.Session()
         self.session.verify = verify
-        self.session.mount("https://", _Adapter())
+        self._aborts = 0  # abort() calls so far: a call that saw one failed because of it
+        self._adapter = _Adapter()
+        self.session.mount("https://", self._adapter)
+        self.session.mount("http://", self._adapter)
         self.session.headers["User-Agent"] = "brokerfeeds"
 
     def __repr__(self) -> str:
@@ -129,6 +169,7 @@ class RestClient:
         """Send one request (``path`` under ``base_url``, or an absolute ``url``)."""
         target = url or f"{self.base_url}/{path.lstrip('/')}"
         what = f"{method} {path if url is None else 'auth endpoint'}"
+        aborts = self._aborts
         try:
             response = self.session.request(
                 method,
@@ -141,6 +182,8 @@ class RestClient:
             )
         except requests.RequestException as exc:
             reason, detail = self._reason(exc, target)
+            if self._aborts != aborts:
+                reason, detail = "cut short by abort() (stopping)", None
             where = self._where(target, bool(params))
             suffix = f" ({where}; {detail})" if detail else f" ({where})"
             error = ConnectionFailed(self._redactor.redact(f"{what} failed: {reason}{suffix}"))
@@ -179,6 +222,13 @@ class RestClient:
     def close(self) -> None:
         """Release pooled connections."""
         self.session.close()
+
+    def abort(self) -> None:
+        """Make every call in flight, in any thread, fail now (``ConnectionFailed``), as
+        ``stop()`` needs: ``requests`` has no cancel, so the calls' sockets are shut down.
+        Later calls open new connections."""
+        self._aborts += 1
+        self._adapter.abort()
 
     def _detail(self, response: requests.Response) -> str:
         text: Optional[str] = None

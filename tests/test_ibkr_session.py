@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, List
@@ -16,7 +17,8 @@ from brokerfeeds import IbkrFeed
 from brokerfeeds.errors import AuthenticationError, ConnectionFailed
 from brokerfeeds.events import Notice, OrderStatus
 from brokerfeeds.testing import IbkrSimulator
-from helpers import FAST_RECONNECT, Recorder, wait_until
+from brokerfeeds.testing._server import SimulatorBase
+from helpers import FAST_RECONNECT, Recorder, feed_threads, wait_until
 
 pytest_plugins = ("ibkr_fixtures",)  # the `sim` and `make_feed` fixtures
 
@@ -348,6 +350,30 @@ def test_oauth_handshake_signed_calls_and_the_socket(make_oauth_feed, osim):
     assert base64.b64decode(feed.oauth_session.live_session_token()) == oauth.current_lst()
     assert feed.stats.extra["oauth_lst_renewals"] == 1
     assert feed.url == osim.url and feed.rest_url == osim.rest_url
+
+
+@pytest.mark.timeout(30)
+def test_stop_cuts_a_live_session_token_request_in_flight(make_oauth_feed, osim):
+    """The LST request has its own REST client: stop() cuts it too, so the thread waiting
+    on it ends at once instead of after the REST timeout."""
+    release = threading.Event()
+    lst = osim._routes[("POST", "/v1/api/oauth/live_session_token")]
+    asked: List[float] = []
+
+    def hanging_lst(request: Any) -> Any:
+        asked.append(time.monotonic())
+        release.wait(20)
+        return lst(request)
+
+    SimulatorBase.route(osim, "POST", "/v1/api/oauth/live_session_token", hanging_lst)  # unwrapped, as the LST's
+    feed = make_oauth_feed(rest_timeout=25)
+    feed.start()
+    try:
+        wait_until(lambda: bool(asked))
+        assert feed.stop(timeout=5) is True and feed.state == "stopped"
+        assert not [t for t in feed_threads() if t.name.startswith("brokerfeeds-ibkr")]
+    finally:
+        release.set()
 
 
 def test_oauth_wrong_signature_key_is_a_clear_error_at_start(make_oauth_feed, osim, keys):

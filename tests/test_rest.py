@@ -8,6 +8,7 @@ import shutil
 import ssl
 import subprocess
 import threading
+import time
 import warnings
 from email.utils import format_datetime
 from pathlib import Path
@@ -378,3 +379,27 @@ def test_503_without_retry_after_is_a_connection_failure(http_server: Loopback, 
     error = failure(client, "GET", "orders")
     assert not isinstance(error, RateLimited)
     assert error.status == 503
+
+
+@pytest.mark.parametrize("scheme", ["http", "https"])
+@pytest.mark.timeout(30)
+def test_abort_cuts_a_call_blocked_in_another_thread_and_later_calls_work(
+        scheme: str, http_server: Loopback, https_server: Loopback, clients: List[RestClient]) -> None:
+    """``requests`` has no cancel: abort() shuts the calls' sockets down (plain and TLS),
+    so the blocked call fails at once with a clear error, and the next call reconnects."""
+    server = http_server if scheme == "http" else https_server
+    server.route("/v1/api/slow", delay=20.0)
+    server.route("/v1/api/fast")
+    client = make(clients, server.url + "/v1/api", verify=False, timeout=25.0)
+    assert client.get("fast") == {"ok": True}  # a pooled connection exists too
+    outcome: List[BaseException] = []
+    caller = threading.Thread(target=lambda: outcome.append(failure(client, "GET", "slow")), daemon=True)
+    caller.start()
+    time.sleep(0.3)  # the call is in flight
+    assert caller.is_alive()
+    client.abort()
+    caller.join(5.0)
+    assert not caller.is_alive(), "abort() did not end the call"
+    assert len(outcome) == 1 and isinstance(outcome[0], ConnectionFailed)
+    assert "GET slow failed: cut short by abort() (stopping)" in str(outcome[0])
+    assert client.get("fast") == {"ok": True}  # new connections after the abort

@@ -1038,6 +1038,11 @@ class IbkrFeed(Feed[IbkrProtocol]):
         return ended
 
     # ------------------------------------------------------------- engine hooks
+    def _abort_rest_calls(self) -> None:
+        super()._abort_rest_calls()
+        if self._oauth is not None:
+            self._oauth.abort()  # a live session token request, on its own client
+
     def _new_protocol(self) -> IbkrProtocol:
         self._outage = None
         self._competing_noted = False

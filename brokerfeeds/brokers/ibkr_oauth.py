@@ -654,6 +654,10 @@ class OAuthSession:
         """Release the LST endpoint's pooled connections."""
         self._rest.close()
 
+    def abort(self) -> None:
+        """Make a live session token request in flight fail now (the feed is stopping)."""
+        self._rest.abort()
+
     # ----------------------------------------------------------------- internals
     def _oauth_params(self, method: str, now: float) -> Dict[str, str]:
         return {

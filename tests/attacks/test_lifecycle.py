@@ -378,7 +378,10 @@ def test_a_restart_is_never_blocked_by_the_previous_runs_backlog(make_feed, sim)
     assert feed.stop() is True
 
 
-def test_a_slow_rest_call_neither_holds_stop_past_its_timeout_nor_blocks_a_restart(make_feed, sim, caplog):
+def test_a_rest_call_in_flight_is_cut_by_stop_and_a_restart_works(make_feed, sim, caplog):
+    """``requests`` cannot cancel a call: stop() shuts its socket down, so a REST thread
+    blocked on a server that does not answer ends at once (not after ``rest_timeout``),
+    nothing is reported for it, and the next run's calls work on new connections."""
     caplog.set_level(logging.INFO, logger="brokerfeeds")
     release = threading.Event()
     calls: List[float] = []
@@ -387,11 +390,44 @@ def test_a_slow_rest_call_neither_holds_stop_past_its_timeout_nor_blocks_a_resta
     def slow_accounts(request: Any) -> Any:
         calls.append(time.monotonic())
         if len(calls) == 1:
-            release.wait(4)  # the reconciliation of the first run hangs
+            release.wait(20)  # the reconciliation of the first run hangs
         return accounts(request)
 
     sim.route("GET", "/v1/api/iserver/accounts", slow_accounts)
+    feed = make_feed(rest_timeout=30)
+    feed.subscribe_orders()
+    errors: List[BrokerFeedsError] = []
+    feed.on_error(errors.append)
+    feed.start()
+    assert feed.wait_connected(5)
+    wait_until(lambda: bool(calls))
+    assert feed.stop(timeout=5) is True  # the REST thread ended: its call was cut
+    assert not [t for t in feed_threads() if t.name.endswith("-rest")]
+    assert "did not end" not in caplog.text and errors == []
+    feed.start()
+    assert feed.wait_connected(5)
+    wait_until(lambda: len(calls) >= 2)  # the new run reconciles, on a new connection
+    release.set()
+    assert feed.state == "connected" and errors == []
+    assert feed.stop() is True
+
+
+def test_a_slow_rest_call_neither_holds_stop_past_its_timeout_nor_blocks_a_restart(make_feed, sim, caplog):
+    """Where the call cannot be cut (it is not waiting on the socket: here the reply is
+    being handled), stop() still keeps its timeout and a restart is not blocked."""
+    caplog.set_level(logging.INFO, logger="brokerfeeds")
+    release = threading.Event()
+    calls: List[float] = []
     feed = make_feed(rest_timeout=4.5)
+    original = feed._reconcile
+
+    def slow_reconcile(reconnect: bool) -> None:
+        calls.append(time.monotonic())
+        if len(calls) == 1:
+            release.wait(4)  # the first run's reconciliation hangs outside any socket call
+        original(reconnect)
+
+    feed._reconcile = slow_reconcile  # type: ignore[method-assign]
     feed.subscribe_orders()
     errors: List[BrokerFeedsError] = []
     feed.on_error(errors.append)
