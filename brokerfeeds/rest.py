@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import socket
 import ssl
+import threading
 import weakref
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
 from urllib.parse import urlsplit, urlunsplit
@@ -56,12 +57,12 @@ class _QuietHTTPSConnectionPool(HTTPSConnectionPool):
             conn.connect()
 
 
-def _tracking(pool_class: type, connections: "weakref.WeakSet[Any]") -> type:
-    """A subclass of ``pool_class`` that adds every connection it makes to ``connections``."""
+def _tracking(pool_class: type, adapter: "_Adapter") -> type:
+    """A subclass of ``pool_class`` that tells ``adapter`` of every connection it makes."""
 
     def _new_conn(self: Any) -> Any:
         conn = pool_class._new_conn(self)  # type: ignore[attr-defined]
-        connections.add(conn)
+        adapter.remember(conn)
         return conn
 
     return type(pool_class.__name__, (pool_class,), {"_new_conn": _new_conn, "__module__": __name__})
@@ -72,8 +73,14 @@ class _Adapter(HTTPAdapter):
     their connections, so that :meth:`abort` can cut a call blocked in another thread."""
 
     def __init__(self) -> None:
-        self.connections: "weakref.WeakSet[Any]" = weakref.WeakSet()
+        self._connections: "weakref.WeakSet[Any]" = weakref.WeakSet()
+        self._connections_lock = threading.Lock()  # a WeakSet must not grow while abort() copies it
         super().__init__()
+
+    def remember(self, conn: Any) -> None:
+        """Called by the pools for every connection they make (any thread)."""
+        with self._connections_lock:
+            self._connections.add(conn)
 
     def init_poolmanager(self, connections: int, maxsize: int, block: bool = False, **pool_kwargs: Any) -> None:
         super().init_poolmanager(connections, maxsize, block, **pool_kwargs)
@@ -91,15 +98,17 @@ class _Adapter(HTTPAdapter):
                 and classes.get("http") is HTTPConnectionPool:
             manager.pool_classes_by_scheme = {
                 **classes,
-                "http": _tracking(HTTPConnectionPool, self.connections),
-                "https": _tracking(_QuietHTTPSConnectionPool, self.connections),
+                "http": _tracking(HTTPConnectionPool, self),
+                "https": _tracking(_QuietHTTPSConnectionPool, self),
             }
 
     def abort(self) -> int:
         """Shut down the socket of every connection made so far (in use or pooled): a
         call blocked on one, in any thread, fails at once. Returns how many were cut."""
+        with self._connections_lock:
+            connections = list(self._connections)
         cut = 0
-        for conn in list(self.connections):
+        for conn in connections:
             sock = getattr(conn, "sock", None)
             if sock is None:
                 continue
@@ -226,7 +235,8 @@ class RestClient:
     def abort(self) -> None:
         """Make every call in flight, in any thread, fail now (``ConnectionFailed``), as
         ``stop()`` needs: ``requests`` has no cancel, so the calls' sockets are shut down.
-        Later calls open new connections."""
+        (A call still opening its connection ends at its timeout.) Later calls open new
+        connections."""
         self._aborts += 1
         self._adapter.abort()
 
