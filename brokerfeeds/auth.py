@@ -163,6 +163,10 @@ class ClientCredentials:
         with self._lock:
             self._token = None
 
+    def abort(self) -> None:
+        """Make a token request in flight fail now (a feed using this provider is stopping)."""
+        self._rest.abort()
+
     def _fetch(self) -> None:
         body = {"grant_type": "client_credentials", "client_id": self.client_id,
                 "client_secret": self._secret}

@@ -1185,6 +1185,11 @@ class ClearStreetFeed(Feed[ClearStreetProtocol]):
         return ended
 
     # ------------------------------------------------------------- engine hooks
+    def _abort_rest_calls(self) -> None:
+        super()._abort_rest_calls()
+        if isinstance(self._provider, OAuth2ClientCredentials):
+            self._provider.abort()  # a token request in flight (a user's own provider cannot be cut)
+
     def _new_protocol(self) -> ClearStreetProtocol:
         previous = self._query(lambda protocol: protocol.export_marks(), None)
         if previous is not None:

@@ -447,6 +447,36 @@ def test_a_slow_rest_call_neither_holds_stop_past_its_timeout_nor_blocks_a_resta
     assert feed.stop() is True
 
 
+@pytest.mark.timeout(30)
+def test_stop_cuts_the_built_in_token_providers_request_in_flight(caplog):
+    """``ClearStreetFeed.client_credentials`` has its own REST client: a token request
+    hanging on the identity provider is cut by stop(), so the io thread ends at once."""
+    caplog.set_level(logging.INFO, logger="brokerfeeds")
+    with ClearStreetSimulator() as sim:
+        release = threading.Event()
+        asked: List[float] = []
+        token = sim._routes[("POST", "/oauth/token")]
+
+        def hanging_token(request: Any) -> Any:
+            asked.append(time.monotonic())
+            release.wait(20)
+            return token(request)
+
+        sim.route("POST", "/oauth/token", hanging_token)
+        provider = ClearStreetFeed.client_credentials(sim.client_id, sim.client_secret, auth_url=sim.auth_url,
+                                                      timeout=25)
+        feed = ClearStreetFeed(token_provider=provider, url=sim.url, rest_url=sim.rest_url, reconnect=FAST_RECONNECT)
+        try:
+            feed.start()
+            wait_until(lambda: bool(asked))
+            assert feed.stop(timeout=5) is True and feed.state == "stopped"
+            assert "did not end" not in caplog.text
+            assert not [t for t in feed_threads() if t.name.startswith("brokerfeeds-clearstreet")]
+        finally:
+            release.set()
+            feed.stop()
+
+
 def test_a_slow_token_provider_neither_holds_stop_past_its_timeout_nor_blocks_a_restart(caplog):
     caplog.set_level(logging.INFO, logger="brokerfeeds")
     with ClearStreetSimulator() as sim:
