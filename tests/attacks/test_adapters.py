@@ -32,7 +32,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import brokerfeeds.brokers.firstock as firstock_module
-import brokerfeeds.brokers.ibkr as ibkr_module
+import brokerfeeds.brokers.ibkr.protocol as ibkr_module
 import brokerfeeds.protocol as protocol_module
 from brokerfeeds import ClearStreetFeed, FirstockFeed, IbkrFeed, UpstoxFeed
 from brokerfeeds.brokers.clearstreet import ClearStreetProtocol, trading_day

@@ -105,8 +105,8 @@ from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, Iterable, List, Ma
 
 import attrs
 
-from ..errors import AuthenticationError, ConnectionFailed, ProtocolError
-from ..events import (
+from ...errors import AuthenticationError, ConnectionFailed, ProtocolError
+from ...events import (
     Balance,
     Notice,
     Order,
@@ -116,8 +116,8 @@ from ..events import (
     Quote,
     Trade,
 )
-from ..feed import Feed, PeriodicJob
-from ..protocol import (
+from ...feed import Feed, PeriodicJob
+from ...protocol import (
     Handler,
     NotReady,
     Output,
@@ -135,12 +135,12 @@ from ..protocol import (
     parse_json,
     skipped,
 )
-from ..state import ChangeTracker, OrderTracker, SeenIds, SnapshotBook, Snapshots, map_order_status, side_of, status_table
-from ..transport import ConnectTarget
-from ..values import from_epoch_ms, loads, to_decimal, to_text
+from ...state import ChangeTracker, OrderTracker, SeenIds, SnapshotBook, Snapshots, map_order_status, side_of, status_table
+from ...transport import ConnectTarget
+from ...values import from_epoch_ms, loads, to_decimal, to_text
 
 if TYPE_CHECKING:  # pragma: no cover - cryptography (the 'oauth' extra) is imported only for OAuth feeds
-    from .ibkr_oauth import IbkrOAuth, OAuthSession
+    from ..ibkr_oauth import IbkrOAuth, OAuthSession
 
 __all__ = ["IbkrFeed", "IbkrProtocol", "STATUS_MAP", "DEFAULT_QUOTE_FIELDS", "USER_AGENT"]
 
@@ -921,7 +921,7 @@ class IbkrFeed(Feed[IbkrProtocol]):
         self.credentials = oauth
         self._oauth: Optional["OAuthSession"] = None
         if oauth is not None:
-            from .ibkr_oauth import OAuthSession  # cryptography: the optional 'oauth' extra
+            from ..ibkr_oauth import OAuthSession  # cryptography: the optional 'oauth' extra
 
             self._oauth = OAuthSession(oauth, verify=verify, timeout=self.rest.timeout, user_agent=USER_AGENT,
                                        redactor=self._redactor, logger=self._log.logger)
@@ -959,7 +959,7 @@ class IbkrFeed(Feed[IbkrProtocol]):
         ``kwargs`` are the feed's (``account``, ``compete``, ``dispatch``, ...). Invalid
         credentials raise :class:`ValueError` naming the field, never its value.
         """
-        from .ibkr_oauth import IbkrOAuth  # cryptography: the optional 'oauth' extra
+        from ..ibkr_oauth import IbkrOAuth  # cryptography: the optional 'oauth' extra
 
         if isinstance(consumer_key, IbkrOAuth):
             return cls(oauth=consumer_key, **kwargs)
@@ -976,7 +976,7 @@ class IbkrFeed(Feed[IbkrProtocol]):
     def oauth_from_env(cls, environ: Optional[Mapping[str, str]] = None, **kwargs: Any) -> "IbkrFeed":
         """An OAuth 1.0a feed with credentials from the ``IBKR_OAUTH_*`` environment variables
         (:meth:`IbkrOAuth.from_env <brokerfeeds.brokers.ibkr_oauth.IbkrOAuth.from_env>`)."""
-        from .ibkr_oauth import IbkrOAuth  # cryptography: the optional 'oauth' extra
+        from ..ibkr_oauth import IbkrOAuth  # cryptography: the optional 'oauth' extra
 
         return cls(oauth=IbkrOAuth.from_env(environ), **kwargs)
 
