@@ -31,7 +31,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import brokerfeeds.brokers.firstock as firstock_module
+import brokerfeeds.brokers.firstock.protocol as firstock_module
 import brokerfeeds.brokers.ibkr.protocol as ibkr_module
 import brokerfeeds.protocol as protocol_module
 from brokerfeeds import ClearStreetFeed, FirstockFeed, IbkrFeed, UpstoxFeed
