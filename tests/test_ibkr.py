@@ -6,6 +6,7 @@ import json
 import logging
 import time
 from decimal import Decimal
+from typing import List
 
 import pytest
 
@@ -512,12 +513,23 @@ def test_a_waiting_fill_is_delivered_after_trade_wait():
 ], indirect=True, ids=["snapshot-flag", "no-snapshot-flag"])
 def test_changes_missed_while_away_are_recovered_from_a_warming_up_gateway(make_feed, sim):
     feed = make_feed(reconcile_backoff=0.05)
+    reconciled: List[bool] = []
+    reconcile = feed._reconcile
+
+    def counted(reconnect: bool) -> None:
+        try:
+            reconcile(reconnect)
+        finally:
+            reconciled.append(reconnect)
+
+    feed._reconcile = counted  # type: ignore[method-assign]
     feed.subscribe_orders()
     rec = Recorder(feed)
     feed.start()
     connected(feed, sim, "sor")
     orders = [sim.place_order("AAPL", "BUY", 10, 100.0 + i) for i in range(4)]
     rec.wait_for("order", lambda o: o.order_id == orders[-1] and o.broker_status == "Submitted")
+    wait_until(lambda: bool(reconciled))  # the first run's calls are over: count from here
     before = len(rec.of("order"))
     requests = len(sim.order_requests)
     sim.drop()
