@@ -59,15 +59,15 @@ from typing import (Any, Callable, Dict, FrozenSet, Hashable, Iterable, List, Ma
                     TypeVar, Union)
 from urllib.parse import parse_qs, urlsplit
 
-from ..auth import TokenProvider, TokenSource
-from ..errors import AuthenticationError, BrokerFeedsError, ConnectionFailed, ProtocolError
-from ..events import GttOrder, Holding, Order, OrderStatus, PnL, Position, Trade
-from ..feed import Feed, PeriodicJob
-from ..protocol import (Handler, Output, Protocol, RawMessage, Reconnect, Routes, Subscription, first,
-                        only_protocol_errors, parse_json, skipped)
-from ..state import ChangeTracker, FillTracker, OrderTracker, SnapshotBook, map_order_status, side_of, status_table
-from ..transport import ConnectTarget
-from ..values import to_decimal, to_text
+from ...auth import TokenProvider, TokenSource
+from ...errors import AuthenticationError, BrokerFeedsError, ConnectionFailed, ProtocolError
+from ...events import GttOrder, Holding, Order, OrderStatus, PnL, Position, Trade
+from ...feed import Feed, PeriodicJob
+from ...protocol import (Handler, Output, Protocol, RawMessage, Reconnect, Routes, Subscription, first,
+                         only_protocol_errors, parse_json, skipped)
+from ...state import ChangeTracker, FillTracker, OrderTracker, SnapshotBook, map_order_status, side_of, status_table
+from ...transport import ConnectTarget
+from ...values import to_decimal, to_text
 
 __all__ = [
     "UpstoxFeed",
