@@ -102,7 +102,7 @@ def test_the_wheel_holds_only_the_package_and_says_what_it_is(source: Path, tmp_
     assert not strays  # no tests/, benchmarks/, examples/, docs/
     assert "brokerfeeds/py.typed" in names and "brokerfeeds/__main__.py" in names
     assert "brokerfeeds/testing/ibkr.py" in names and "brokerfeeds/demo/upstox.py" in names
-    for broker in ("ibkr", "firstock", "clearstreet"):  # brokers split into a subpackage each
+    for broker in ("ibkr", "upstox", "firstock", "clearstreet"):  # brokers split into a subpackage each
         assert {f"brokerfeeds/brokers/{broker}/{module}.py" for module in ("__init__", "protocol", "feed")} <= set(names)
     assert "MIT License" in license_text and "brokerfeeds contributors" in license_text
     assert metadata["Version"] == _version()

@@ -1,2 +1,3 @@
-"""One module per broker: its sans-I/O protocol adapter and its thin Feed subclass (Clear
-Street's is a package, the two in ``clearstreet/protocol.py`` and ``clearstreet/feed.py``)."""
+"""One package per broker: ``<broker>/protocol.py`` holds its sans-I/O protocol adapter,
+``<broker>/feed.py`` its thin Feed subclass, and ``<broker>/__init__.py`` re-exports both
+(IBKR's OAuth 1.0a signing stays the module ``ibkr_oauth.py``)."""
