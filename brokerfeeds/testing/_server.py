@@ -19,6 +19,7 @@ import http.server
 import json
 import logging
 import socketserver
+import sys
 import threading
 import time
 import urllib.parse
@@ -418,6 +419,13 @@ class SimulatorBase:
         class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
             daemon_threads = True
             allow_reuse_address = True
+
+            def handle_error(self, request: Any, client_address: Any) -> None:
+                # A client that went away mid-reply (a feed's stop() cuts its REST calls)
+                # is normal for a server; anything else is printed as socketserver does.
+                if isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
+                    return
+                super().handle_error(request, client_address)
 
         server = self._http = Server((self.host, self._rest_port), Handler)
         self._rest_port = int(server.server_address[1])
