@@ -9,8 +9,8 @@
   :class:`ClientCredentials` (OAuth2 with Clear Street's ``AUTH_URL`` and ``AUDIENCE``).
 
 The mark stores (:class:`MarkStore`, :class:`JsonFileMarkStore`) live in the core,
-:mod:`brokerfeeds.marks`. Every name the former single module ``clearstreet.py`` offered
-is importable from here as before.
+:mod:`brokerfeeds.marks`. What the former single module ``clearstreet.py`` exported is
+importable from here as before; its other helpers are in :mod:`.protocol` and :mod:`.feed`.
 """
 
 from __future__ import annotations
