@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any, Callable, TypeVar
 
 from . import events as ev
+from .dispatch import CallbackRegistry
 from .errors import BrokerFeedsError
 
 __all__ = ["EventCallbacks"]
@@ -27,14 +28,23 @@ ErrorHandler = TypeVar("ErrorHandler", bound=Callable[[BrokerFeedsError], Any])
 
 
 class EventCallbacks:
-    """``on(kind, fn)`` and the typed registrars of the account and market events.
+    """``on(kind, fn)``, ``remove_callback(fn)`` and the typed registrars of the account
+    and market events.
 
-    A subclass provides ``on`` (where the callbacks are kept) and adds its own kinds.
+    A subclass sets ``self._callbacks`` (a :class:`~brokerfeeds.dispatch.CallbackRegistry`)
+    and adds its own kinds.
     """
+
+    _callbacks: CallbackRegistry
 
     def on(self, kind: str, fn: F) -> F:
         """Register ``fn`` for callback kind ``kind`` (``"order"``, ``"error"``, ...)."""
-        raise NotImplementedError
+        self._callbacks.add(kind, fn)
+        return fn
+
+    def remove_callback(self, fn: Callable[..., Any]) -> bool:
+        """Unregister ``fn`` from every kind; True if it was registered."""
+        return self._callbacks.remove(fn)
 
     def on_order(self, fn: OrderHandler) -> OrderHandler:
         """Call ``fn(order: Order)`` with the full, merged order after every change."""

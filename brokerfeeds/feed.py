@@ -283,12 +283,7 @@ class Feed(EventCallbacks, abc.ABC, Generic[P]):
         self._connected_since: Optional[float] = None
 
     # ================================================================ public: callbacks
-    def on(self, kind: str, fn: F) -> F:
-        """Register ``fn`` for callback kind ``kind`` (``"order"``, ``"error"``, ...)."""
-        self._callbacks.add(kind, fn)
-        return fn
-
-    # on_order, on_trade, ... on_error: see brokerfeeds.callbacks.EventCallbacks
+    # on, remove_callback, on_order, on_trade, ... on_error: see brokerfeeds.callbacks.EventCallbacks
 
     def on_connect(self, fn: ConnectHandler) -> ConnectHandler:
         """Call ``fn(connected: Connected)`` once connected and subscriptions are sent."""
@@ -301,10 +296,6 @@ class Feed(EventCallbacks, abc.ABC, Generic[P]):
     def on_message(self, fn: MessageHandler) -> MessageHandler:
         """Call ``fn(message)`` with every decoded broker message (dict/list/str), raw."""
         return self.on("message", fn)
-
-    def remove_callback(self, fn: Callable[..., Any]) -> bool:
-        """Unregister ``fn`` from every kind; True if it was registered."""
-        return self._callbacks.remove(fn)
 
     def add_publisher(self, publisher: EventPublisher) -> EventPublisher:
         """Also hand every data event to ``publisher`` (e.g. a

@@ -251,11 +251,8 @@ class RedisEvents(EventCallbacks):
         self._reconnects = 0
 
     # ================================================================ callbacks
-    def on(self, kind: str, fn: F) -> F:
-        """Register ``fn`` for ``kind`` (``"order"``, ``"trade"``, ..., ``"event"`` for every
-        event, ``"error"``)."""
-        self._callbacks.add(kind, fn)
-        return fn
+    # on(kind, fn) (kinds "order", "trade", ..., "event" for every event, "error"),
+    # remove_callback, on_order, ... on_error: see brokerfeeds.callbacks.EventCallbacks
 
     def on_event(self, fn: F) -> F:
         """Call ``fn(event)`` for every event, whatever its type."""
@@ -264,12 +261,6 @@ class RedisEvents(EventCallbacks):
     def on_entry(self, fn: F) -> F:
         """Call ``fn(entry: BusEntry)`` for every event, with its stream, id, run and seq."""
         return self.on("entry", fn)
-
-    # on_order, on_trade, ... on_error: see brokerfeeds.callbacks.EventCallbacks
-
-    def remove_callback(self, fn: Callable[..., Any]) -> bool:
-        """Unregister ``fn`` from every kind; True if it was registered."""
-        return self._callbacks.remove(fn)
 
     # ================================================================ lifecycle
     def run_forever(self) -> None:
